@@ -1,0 +1,223 @@
+"""TopDog settings.
+
+The environment is read here and only here (through topdog.env). With nothing set, the
+service runs on its embedded default: SQLite, the in-memory channel layer, the database
+task backend with a worker started by `manage.py serve`, and the offline AI provider.
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.management.utils import get_random_secret_key
+
+from topdog.env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("TOPDOG_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY") or ""
+if not SECRET_KEY:
+    # Embedded default: a key generated once and kept beside the SQLite database, so
+    # sessions survive restarts without anyone having to invent a secret.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _key_file = VAR_DIR / "secret_key"
+    if not _key_file.exists():
+        _key_file.write_text(get_random_secret_key())
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "django_tasks",
+    "django_tasks_db",
+    "ai_orchestration",
+    "workflows",
+]
+
+MIDDLEWARE = [
+    "topdog.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "topdog.urls"
+ASGI_APPLICATION = "topdog.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "topdog" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # Django's psycopg 3 connection pool; CONN_MAX_AGE must stay 0 with a pool.
+        _db["CONN_MAX_AGE"] = 0
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DB_POOL_MIN_SIZE", 2),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+            "timeout": env_int("DB_POOL_TIMEOUT", 10),
+        }
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "topdog.sqlite3",
+        # IMMEDIATE takes SQLite's write lock when a transaction starts, which gives the
+        # services the same "lock, then read, then write" order select_for_update gives
+        # on PostgreSQL; the timeout makes concurrent writers wait instead of failing.
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        # A file, not shared-cache memory: threads in the tests then see real locking.
+        "TEST": {"NAME": str(VAR_DIR / "test-topdog.sqlite3")},
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels and cache ---------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+                "expiry": 60,
+            },
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "topdog",
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000)},
+        }
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Tasks ----------------------------------------------------------------------------
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+# --- Auth -----------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+# --- HTTP limits ----------------------------------------------------------------------
+# Request bodies above this many bytes are answered 413 before any view runs.
+TOPDOG_MAX_BODY_BYTES = env_int("TOPDOG_MAX_BODY_BYTES", 2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = TOPDOG_MAX_BODY_BYTES
+
+# --- REST framework -------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "workflows.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "workflows.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("THROTTLE_ANON_RATE", "60/minute"),
+        "user": env_str("THROTTLE_USER_RATE", "6000/minute"),
+    },
+    "PAGE_SIZE": 50,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TopDog API",
+    "DESCRIPTION": "AI software-build workflows as audited state machines.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- TopDog ---------------------------------------------------------------------------
+# Seed model names the IDE may ask for, and what they mean.
+TOPDOG_MODELS = {
+    "GPT4": {"provider": "openai", "model": env_str("TOPDOG_OPENAI_MODEL", "gpt-4o")},
+    "GPT35": {"provider": "openai", "model": env_str("TOPDOG_OPENAI_SMALL_MODEL", "gpt-4o-mini")},
+    "CLAUDE": {
+        "provider": "anthropic",
+        "model": env_str("TOPDOG_ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+    },
+    "LOCAL": {"provider": "local", "model": env_str("TOPDOG_LOCAL_MODEL", "llama3.1")},
+    "OFFLINE": {"provider": "offline", "model": "topdog-offline-1"},
+}
+TOPDOG_DEFAULT_MODEL = env_str("TOPDOG_DEFAULT_MODEL", "OFFLINE")
+TOPDOG_DEFAULT_TEMPERATURE = 0.2
+TOPDOG_DEFAULT_MAX_TOKENS = env_int("TOPDOG_DEFAULT_MAX_TOKENS", 4096)
+# Regressions a workflow may take before the next one fails it.
+TOPDOG_DEFAULT_REGRESSION_LIMIT = env_int("TOPDOG_DEFAULT_REGRESSION_LIMIT", 3)
+# Idempotency keys are remembered this long; an in-flight key older than the lease is
+# considered abandoned (its request died) and may be taken over.
+TOPDOG_IDEMPOTENCY_TTL_SECONDS = env_int("TOPDOG_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+TOPDOG_IDEMPOTENCY_LEASE_SECONDS = env_int("TOPDOG_IDEMPOTENCY_LEASE_SECONDS", 60)
+
+# --- Static files, i18n ---------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,432 @@
+"""Workflow data. Transition methods only change fields; services do everything else."""
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
+
+from workflows.states import (
+    NEXT_STATE,
+    PHASES,
+    TERMINAL_STATES,
+    EventType,
+    HandoffKind,
+    MemberRole,
+    Role,
+    Sender,
+    State,
+    role_for_state,
+)
+
+NON_TERMINAL = [*PHASES]
+
+
+class Project(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=200)
+    repository = models.CharField(
+        max_length=200, blank=True, help_text="GitHub repository as owner/name."
+    )
+    default_branch = models.CharField(max_length=100, default="main")
+    approval_gates = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Phases whose result waits for a human approve before the workflow moves.",
+    )
+    regression_limit = models.PositiveSmallIntegerField(
+        default=3, help_text="Regressions a workflow may take; the next one fails it."
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def clean(self) -> None:
+        unknown = [gate for gate in self.approval_gates or [] if gate not in PHASES]
+        if unknown:
+            raise ValidationError(
+                {"approval_gates": f"unknown phases {unknown}; choose from {list(PHASES)}"}
+            )
+
+    def has_gate(self, phase: str) -> bool:
+        return phase in (self.approval_gates or [])
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=20, choices=MemberRole.choices, default=MemberRole.DEVELOPER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} as {self.role}"
+
+
+class ApiToken(models.Model):
+    """An API token. Only its SHA-256 digest is stored; the token is shown once."""
+
+    PREFIX = "td_"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, default="default")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    hint = models.CharField(max_length=12, editable=False, help_text="First characters.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.hint}… ({self.name}, {self.user})"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls) -> tuple[str, str]:
+        """A new raw token and its digest."""
+        raw = cls.PREFIX + secrets.token_urlsafe(32)
+        return raw, cls.digest_of(raw)
+
+
+def _is_awaiting_approval(workflow: "Workflow") -> bool:
+    return workflow.awaiting_approval
+
+
+def _is_not_awaiting_approval(workflow: "Workflow") -> bool:
+    return not workflow.awaiting_approval
+
+
+class Workflow(ConcurrentTransitionMixin, models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="workflows")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    build_id = models.CharField(max_length=200, blank=True)
+    external_user_id = models.CharField(max_length=200, blank=True)
+    title = models.CharField(max_length=200)
+    requirements = models.JSONField()
+    model_name = models.CharField(max_length=40)
+
+    state = FSMField(
+        max_length=20, choices=State.choices, default=State.DISCOVERY, protected=True
+    )
+    current_role = models.CharField(
+        max_length=30, choices=Role.choices, null=True, blank=True, default=Role.Q_ASSISTANT
+    )
+    # The working phase the workflow is in, or was in when it reached a terminal state.
+    last_phase = models.CharField(max_length=20, choices=State.choices, default=State.DISCOVERY)
+    awaiting_approval = models.BooleanField(default=False)
+    regression_count = models.PositiveSmallIntegerField(default=0)
+    regression_limit = models.PositiveSmallIntegerField(default=3)
+    terminal_reason = models.TextField(blank=True)
+
+    last_event_seq = models.PositiveIntegerField(default=0)
+    last_message_seq = models.PositiveIntegerField(default=0)
+
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "-created_at", "-id"], name="workflow_project_recent"),
+            models.Index(fields=["state"], name="workflow_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == State.COMPLETE
+
+    def completed_phases(self) -> list[str]:
+        """Phases whose evidence stands: all before the current (or last) phase."""
+        if self.state == State.COMPLETE:
+            return list(PHASES)
+        return list(PHASES[: PHASES.index(self.last_phase)])
+
+    def progress(self) -> float:
+        return round(len(self.completed_phases()) / len(PHASES), 4)
+
+    def next_event_seq(self) -> int:
+        """The next gapless event seq. Callers hold the row lock."""
+        self.last_event_seq += 1
+        return self.last_event_seq
+
+    def next_message_seq(self) -> int:
+        self.last_message_seq += 1
+        return self.last_message_seq
+
+    def _enter(self, state: str) -> str:
+        self.current_role = role_for_state(state)
+        if state in PHASES:
+            self.last_phase = state
+        else:
+            self.completed_at = timezone.now()
+        return state
+
+    # --- transitions: field changes only ------------------------------------------------
+
+    @transition(
+        field=state,
+        source=NON_TERMINAL,
+        target=RETURN_VALUE(*NEXT_STATE.values()),
+        conditions=[_is_not_awaiting_approval],
+    )
+    def advance(self) -> str:
+        return self._enter(NEXT_STATE[self.state])
+
+    @transition(field=state, source=NON_TERMINAL, target=None, conditions=[_is_not_awaiting_approval])
+    def hold_for_approval(self) -> None:
+        self.awaiting_approval = True
+
+    @transition(
+        field=state,
+        source=NON_TERMINAL,
+        target=RETURN_VALUE(*NEXT_STATE.values()),
+        conditions=[_is_awaiting_approval],
+    )
+    def approve(self) -> str:
+        self.awaiting_approval = False
+        return self._enter(NEXT_STATE[self.state])
+
+    @transition(field=state, source=NON_TERMINAL, target=None, conditions=[_is_awaiting_approval])
+    def reject(self) -> None:
+        self.awaiting_approval = False
+
+    @transition(
+        field=state,
+        source=[State.TESTING, State.VERIFICATION],
+        target=State.IMPLEMENTATION,
+        conditions=[_is_not_awaiting_approval],
+    )
+    def regress_to_implementation(self) -> None:
+        self.regression_count += 1
+        self._enter(State.IMPLEMENTATION)
+
+    @transition(
+        field=state,
+        source=State.VERIFICATION,
+        target=State.PLANNING,
+        conditions=[_is_not_awaiting_approval],
+    )
+    def regress_to_planning(self) -> None:
+        self.regression_count += 1
+        self._enter(State.PLANNING)
+
+    @transition(field=state, source=NON_TERMINAL, target=State.CANCELLED)
+    def cancel(self, reason: str = "") -> None:
+        self.awaiting_approval = False
+        self.terminal_reason = reason
+        self._enter(State.CANCELLED)
+
+    @transition(field=state, source=NON_TERMINAL, target=State.FAILED)
+    def fail(self, reason: str = "") -> None:
+        self.awaiting_approval = False
+        self.terminal_reason = reason
+        self._enter(State.FAILED)
+
+
+class RoleContext(models.Model):
+    """What a role works with in one workflow: its rendered system prompt and settings."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="role_contexts")
+    role = models.CharField(max_length=30, choices=Role.choices)
+    system_prompt = models.TextField()
+    prompt_template = models.ForeignKey(
+        "ai_orchestration.PromptTemplate", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    prompt_version = models.CharField(max_length=64, help_text="sha256 of the template body.")
+    model_settings = models.JSONField(default=dict)
+    context_data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "role"], name="rolecontext_unique_role"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} @ {self.workflow_id}"
+
+
+class Message(models.Model):
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveIntegerField()
+    role = models.CharField(max_length=30, choices=Role.choices)
+    sender = models.CharField(max_length=10, choices=Sender.choices)
+    phase = models.CharField(max_length=20, choices=State.choices)
+    content = models.TextField()
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    provider = models.CharField(max_length=40, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    prompt_version = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="message_unique_seq"),
+        ]
+        indexes = [models.Index(fields=["workflow", "role", "seq"], name="message_role_seq")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.role}/{self.sender}"
+
+
+class PhaseResult(models.Model):
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted"
+        PENDING_APPROVAL = "pending_approval"
+        REJECTED = "rejected"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="phase_results")
+    phase = models.CharField(max_length=20, choices=State.choices)
+    attempt = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
+    ai_response = models.TextField(blank=True)
+    result = models.JSONField()
+    artifacts = models.JSONField(default=list)
+    content_hash = models.CharField(max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workflow", "created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "phase", "attempt"], name="phaseresult_unique_attempt"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.phase} attempt {self.attempt} ({self.status})"
+
+
+class AppendOnlyModel(models.Model):
+    """Audit rows: written once, never changed or deleted through the ORM instance."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ValidationError(f"{type(self).__name__} rows are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValidationError(f"{type(self).__name__} rows are append-only")
+
+
+class Handoff(AppendOnlyModel):
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="handoffs")
+    kind = models.CharField(max_length=12, choices=HandoffKind.choices)
+    from_role = models.CharField(max_length=30, choices=Role.choices, null=True, blank=True)
+    to_role = models.CharField(max_length=30, choices=Role.choices, null=True, blank=True)
+    from_state = models.CharField(max_length=20, choices=State.choices)
+    to_state = models.CharField(max_length=20, choices=State.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    reason = models.TextField(blank=True)
+    feedback = models.TextField(blank=True)
+    summary = models.TextField(blank=True, help_text="What the next role needs to know.")
+    phase_result = models.ForeignKey(
+        PhaseResult, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    event_seq = models.PositiveIntegerField(help_text="Seq of the event that recorded it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workflow", "event_seq"]
+        indexes = [models.Index(fields=["workflow", "event_seq"], name="handoff_workflow_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.from_state} → {self.to_state}"
+
+
+class WorkflowEvent(AppendOnlyModel):
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=40, choices=EventType.choices)
+    data = models.JSONField(default=dict)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["workflow", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "seq"], name="event_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.type}"
+
+
+class IdempotencyKey(models.Model):
+    class Status(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        DONE = "done"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="idempotency_keys"
+    )
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of method, path and body.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.IN_FLIGHT)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
