@@ -172,7 +172,6 @@ REST_FRAMEWORK = {
         "anon": env_str("THROTTLE_ANON_RATE", "60/minute"),
         "user": env_str("THROTTLE_USER_RATE", "6000/minute"),
     },
-    "PAGE_SIZE": 50,
 }
 
 SPECTACULAR_SETTINGS = {

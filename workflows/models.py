@@ -134,9 +134,7 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
     requirements = models.JSONField()
     model_name = models.CharField(max_length=40)
 
-    state = FSMField(
-        max_length=20, choices=State.choices, default=State.DISCOVERY, protected=True
-    )
+    state = FSMField(max_length=20, choices=State.choices, default=State.DISCOVERY, protected=True)
     current_role = models.CharField(
         max_length=30, choices=Role.choices, null=True, blank=True, default=Role.Q_ASSISTANT
     )
@@ -213,7 +211,9 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
     def advance(self) -> str:
         return self._enter(NEXT_STATE[self.state])
 
-    @transition(field=state, source=NON_TERMINAL, target=None, conditions=[_is_not_awaiting_approval])
+    @transition(
+        field=state, source=NON_TERMINAL, target=None, conditions=[_is_not_awaiting_approval]
+    )
     def hold_for_approval(self) -> None:
         self.awaiting_approval = True
 

@@ -1,0 +1,54 @@
+"""Role system prompts: which template version is active, and rendering it for a workflow."""
+
+import json
+from string import Template
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.db.models import Max
+
+from ai_orchestration.models import PromptTemplate
+from workflows.evidence import evidence_example
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from workflows.models import Workflow
+
+
+def prompt_template_active(*, role: str) -> PromptTemplate:
+    """The active template of `role`."""
+    return PromptTemplate.objects.get(role=role, active=True)
+
+
+def prompt_render(*, body: str, workflow: "Workflow", role: str, state: str) -> str:
+    """`body` with the workflow's state, project and requirements put in."""
+    project = workflow.project
+    return Template(body).safe_substitute(
+        role=role,
+        state=state,
+        project=project.name,
+        repository=project.repository or "(none connected)",
+        requirements=json.dumps(workflow.requirements, indent=2, ensure_ascii=False),
+        evidence_schema=json.dumps(evidence_example(state), indent=2),
+    )
+
+
+@transaction.atomic
+def prompt_template_publish(
+    *, role: str, body: str, actor: "AbstractBaseUser | None", note: str = ""
+) -> PromptTemplate:
+    """Make `body` the active prompt of `role` as a new version; earlier ones are kept."""
+    # Lock the role's rows so two editors cannot both take the same next version.
+    list(PromptTemplate.objects.select_for_update().filter(role=role).values_list("id"))
+    current = PromptTemplate.objects.filter(role=role).aggregate(v=Max("version"))["v"] or 0
+    PromptTemplate.objects.filter(role=role, active=True).update(active=False)
+    return PromptTemplate.objects.create(
+        role=role,
+        version=current + 1,
+        body=body,
+        sha256=PromptTemplate.digest(body),
+        active=True,
+        note=note,
+        created_by=actor,
+    )

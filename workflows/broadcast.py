@@ -1,0 +1,59 @@
+"""Publishing committed workflow events to the channel layer.
+
+Called only from `transaction.on_commit`, so nothing is published for a transaction that
+rolls back. Delivery is at-most-once; clients recover gaps from the database by seq.
+"""
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+logger = logging.getLogger(__name__)
+
+
+def workflow_group(workflow_id: Any) -> str:
+    return f"workflow.{str(workflow_id).replace('-', '')}"
+
+
+def project_group(project_id: Any) -> str:
+    return f"project.{str(project_id).replace('-', '')}"
+
+
+def event_frame(event: Any) -> dict:
+    """The websocket frame of a persisted event (DESIGN.md: type, seq, workflow_id, data, at)."""
+    return {
+        "type": event.type,
+        "seq": event.seq,
+        "workflow_id": str(event.workflow_id),
+        "data": event.data,
+        "at": event.created_at.isoformat(),
+    }
+
+
+def workflow_event_broadcast(*, event: Any) -> None:
+    """Send one committed event to its workflow's group and its project's dashboard group."""
+    workflow_events_broadcast(events=[event])
+
+
+def workflow_events_broadcast(*, events: list[Any]) -> None:
+    """Send committed events, in seq order, to their workflow and project groups."""
+    layer = get_channel_layer()
+    if layer is None or not events:
+        return
+    try:
+        async_to_sync(_send_all)(layer, events)
+    except Exception:  # a broken layer must not turn a committed change into an error
+        logger.exception("broadcast of %d workflow events failed", len(events))
+
+
+async def _send_all(layer: Any, events: list[Any]) -> None:
+    for event in events:
+        frame = event_frame(event)
+        await layer.group_send(
+            workflow_group(event.workflow_id), {"type": "workflow.event", "frame": frame}
+        )
+        await layer.group_send(
+            project_group(event.workflow.project_id), {"type": "dashboard.event", "frame": frame}
+        )

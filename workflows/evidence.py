@@ -1,0 +1,363 @@
+"""The evidence that ends each phase, as DRF serializers.
+
+`evidence_validate(phase=..., data=...)` is the one entry point: the API, the admin and
+the autopilot all validate through it, so a phase result means the same everywhere.
+"""
+
+import hashlib
+import json
+import posixpath
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+
+from workflows.states import State
+
+MAX_FILE_BYTES = 1_000_000
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def validate_repo_path(path: str) -> str:
+    """A relative POSIX path inside the repository, normalised."""
+    if not path or path.strip() != path:
+        raise serializers.ValidationError("path must be non-empty with no surrounding spaces")
+    if "\\" in path or "\x00" in path:
+        raise serializers.ValidationError("path must use forward slashes and no NUL bytes")
+    if path.startswith("/"):
+        raise serializers.ValidationError(f"path {path!r} must be relative to the repository root")
+    normalised = posixpath.normpath(path)
+    if normalised.startswith("..") or normalised == ".":
+        raise serializers.ValidationError(f"path {path!r} leaves the repository")
+    if normalised.split("/")[0] == ".git":
+        raise serializers.ValidationError(f"path {path!r} is inside .git")
+    return normalised
+
+
+class RepoPathField(serializers.CharField):
+    def to_internal_value(self, data: Any) -> str:
+        return validate_repo_path(super().to_internal_value(data))
+
+
+class RequirementSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=40)
+    description = serializers.CharField(max_length=4000)
+    priority = serializers.ChoiceField(choices=["must", "should", "could"], default="must")
+    acceptance_criteria = serializers.ListField(
+        child=serializers.CharField(max_length=2000), min_length=1
+    )
+
+
+class DiscoveryEvidence(serializers.Serializer):
+    """Requirements document (markdown) and the structured requirements it states."""
+
+    document = serializers.CharField(max_length=100_000)
+    requirements = RequirementSerializer(many=True, allow_empty=False)
+    assumptions = serializers.ListField(child=serializers.CharField(), default=list)
+
+    def validate_requirements(self, value: list[dict]) -> list[dict]:
+        _reject_duplicates([item["id"] for item in value], "requirement id")
+        return value
+
+
+class WorkItemSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=40)
+    title = serializers.CharField(max_length=300)
+    description = serializers.CharField(max_length=10_000, required=False, default="")
+    files = serializers.ListField(child=RepoPathField(max_length=500), min_length=1)
+    depends_on = serializers.ListField(child=serializers.CharField(max_length=40), default=list)
+
+
+class PlanningEvidence(serializers.Serializer):
+    """Implementation plan: work items with file paths, whose dependencies form a DAG."""
+
+    summary = serializers.CharField(max_length=10_000, required=False, default="")
+    work_items = WorkItemSerializer(many=True, allow_empty=False, max_length=500)
+
+    def validate_work_items(self, value: list[dict]) -> list[dict]:
+        ids = [item["id"] for item in value]
+        _reject_duplicates(ids, "work item id")
+        known = set(ids)
+        for item in value:
+            unknown = [dep for dep in item["depends_on"] if dep not in known]
+            if unknown:
+                raise serializers.ValidationError(
+                    f"work item {item['id']!r} depends on unknown items {unknown}"
+                )
+        cycle = find_cycle({item["id"]: item["depends_on"] for item in value})
+        if cycle:
+            raise serializers.ValidationError(
+                "work item dependencies must form a DAG; cycle: " + " -> ".join(cycle)
+            )
+        return value
+
+
+class FileChangeSerializer(serializers.Serializer):
+    path = RepoPathField(max_length=500)
+    action = serializers.ChoiceField(choices=["create", "modify", "delete"])
+    content = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, max_length=MAX_FILE_BYTES
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["action"] == "delete":
+            if attrs.get("content"):
+                raise serializers.ValidationError({"content": "a deleted file has no content"})
+            attrs.pop("content", None)
+        elif "content" not in attrs:
+            raise serializers.ValidationError(
+                {"content": f"{attrs['action']} needs the file's full new content"}
+            )
+        return attrs
+
+
+class ImplementationEvidence(serializers.Serializer):
+    """Change set: files with full new content or deletions, and a commit message."""
+
+    commit_message = serializers.CharField(max_length=5000)
+    files = FileChangeSerializer(many=True, allow_empty=False)
+    notes = serializers.CharField(required=False, default="", allow_blank=True)
+
+    def validate_files(self, value: list[dict]) -> list[dict]:
+        _reject_duplicates([item["path"] for item in value], "file path")
+        return value
+
+
+class FindingSerializer(serializers.Serializer):
+    severity = serializers.ChoiceField(choices=["info", "minor", "major", "critical"])
+    message = serializers.CharField(max_length=5000)
+    path = RepoPathField(max_length=500, required=False)
+
+
+class TestingEvidence(serializers.Serializer):
+    """Test report: verdict, findings and a quality score in 0..1."""
+
+    verdict = serializers.ChoiceField(choices=["pass", "fail"])
+    findings = FindingSerializer(many=True, default=list)
+    quality_score = serializers.FloatField(min_value=0.0, max_value=1.0)
+    tests_run = serializers.IntegerField(min_value=0, required=False)
+    tests_failed = serializers.IntegerField(min_value=0, required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["verdict"] == "fail" and not attrs["findings"]:
+            raise serializers.ValidationError(
+                {"findings": "a failing report must say what failed (at least one finding)"}
+            )
+        return attrs
+
+
+class VerificationEvidence(serializers.Serializer):
+    """Verification verdict: approve or reject, findings and a score in 0..1."""
+
+    verdict = serializers.ChoiceField(choices=["approve", "reject"])
+    findings = FindingSerializer(many=True, default=list)
+    score = serializers.FloatField(min_value=0.0, max_value=1.0)
+    regress_to = serializers.ChoiceField(
+        choices=[State.IMPLEMENTATION, State.PLANNING], required=False
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["verdict"] == "reject":
+            if not attrs["findings"]:
+                raise serializers.ValidationError(
+                    {"findings": "a rejection must say what is wrong (at least one finding)"}
+                )
+            attrs.setdefault("regress_to", State.IMPLEMENTATION)
+        elif "regress_to" in attrs:
+            raise serializers.ValidationError({"regress_to": "only a rejection sends work back"})
+        return attrs
+
+
+class DeploymentEvidence(serializers.Serializer):
+    """Release record: branch, commits, pull request URL, or "not pushed" with a reason."""
+
+    branch = serializers.CharField(max_length=250)
+    commits = serializers.ListField(
+        child=serializers.RegexField(r"^[0-9a-f]{7,64}$", max_length=64), default=list
+    )
+    pull_request_url = serializers.URLField(required=False, allow_null=True, default=None)
+    pull_request_number = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    pushed = serializers.BooleanField(default=True)
+    reason = serializers.CharField(required=False, default="", allow_blank=True)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs["pushed"] and not attrs["pull_request_url"]:
+            raise serializers.ValidationError(
+                {
+                    "pull_request_url": "a pushed release needs its pull request URL "
+                    "(or set pushed=false with a reason)"
+                }
+            )
+        if not attrs["pushed"] and not attrs["reason"].strip():
+            raise serializers.ValidationError({"reason": "say why the change was not pushed"})
+        return attrs
+
+
+EVIDENCE_SCHEMAS: dict[str, type[serializers.Serializer]] = {
+    State.DISCOVERY: DiscoveryEvidence,
+    State.PLANNING: PlanningEvidence,
+    State.IMPLEMENTATION: ImplementationEvidence,
+    State.TESTING: TestingEvidence,
+    State.VERIFICATION: VerificationEvidence,
+    State.DEPLOYMENT: DeploymentEvidence,
+}
+
+
+def evidence_validate(*, phase: str, data: Any) -> dict:
+    """Validate `data` as `phase`'s evidence; raises DRF ValidationError with field errors."""
+    if not isinstance(data, dict):
+        raise ValidationError({"phase_result": [f"{phase} evidence must be a JSON object"]})
+    serializer = EVIDENCE_SCHEMAS[phase](data=data)
+    if not serializer.is_valid():
+        raise ValidationError({"phase_result": serializer.errors})
+    return json.loads(json.dumps(serializer.validated_data))
+
+
+def evidence_artifacts(*, phase: str, result: dict) -> list[dict]:
+    """Content-addressed artifacts a result carries (documents and files)."""
+    if phase == State.DISCOVERY:
+        return [_artifact("requirements.md", result["document"])]
+    if phase == State.IMPLEMENTATION:
+        return [
+            {"name": item["path"], "action": "delete", "sha256": None, "size": 0}
+            if item["action"] == "delete"
+            else {**_artifact(item["path"], item["content"]), "action": item["action"]}
+            for item in result["files"]
+        ]
+    return [_artifact(f"{phase.lower()}.json", canonical_json(result))]
+
+
+def _artifact(name: str, text: str) -> dict:
+    return {"name": name, "sha256": sha256_text(text), "size": len(text.encode())}
+
+
+def evidence_summary(*, phase: str, result: dict) -> str:
+    """A few lines a later role reads instead of the whole evidence."""
+    if phase == State.DISCOVERY:
+        items = "; ".join(f"{r['id']}: {r['description'][:160]}" for r in result["requirements"])
+        return f"{len(result['requirements'])} requirements. {items}"
+    if phase == State.PLANNING:
+        items = "; ".join(
+            f"{w['id']} {w['title'][:120]} ({', '.join(w['files'][:4])})"
+            for w in result["work_items"]
+        )
+        return f"Plan of {len(result['work_items'])} work items. {items}"
+    if phase == State.IMPLEMENTATION:
+        files = ", ".join(f"{f['action']} {f['path']}" for f in result["files"][:30])
+        return f"Change set: {result['commit_message'][:200]}. Files: {files}"
+    if phase == State.TESTING:
+        return (
+            f"Test report: {result['verdict']}, quality {result['quality_score']:.2f}, "
+            f"{len(result['findings'])} findings."
+        )
+    if phase == State.VERIFICATION:
+        return (
+            f"Verification: {result['verdict']}, score {result['score']:.2f}, "
+            f"{len(result['findings'])} findings."
+        )
+    if result.get("pushed"):
+        return f"Released on branch {result['branch']}: {result['pull_request_url']}"
+    return f"Not pushed ({result['reason'][:300]}); branch {result['branch']}."
+
+
+def findings_feedback(findings: list[dict]) -> str:
+    """Findings as the feedback text the next role reads."""
+    return "\n".join(
+        f"- [{f['severity']}] {f.get('path') + ': ' if f.get('path') else ''}{f['message']}"
+        for f in findings
+    )
+
+
+def evidence_example(phase: str) -> dict:
+    """A minimal valid example of `phase`'s evidence, shown to models and in the docs."""
+    return EVIDENCE_EXAMPLES[phase]
+
+
+EVIDENCE_EXAMPLES: dict[str, dict] = {
+    State.DISCOVERY: {
+        "document": "# Requirements\n...",
+        "requirements": [
+            {
+                "id": "R1",
+                "description": "What must be true",
+                "priority": "must",
+                "acceptance_criteria": ["How a reviewer checks it"],
+            }
+        ],
+        "assumptions": [],
+    },
+    State.PLANNING: {
+        "summary": "Approach in two sentences",
+        "work_items": [
+            {"id": "W1", "title": "...", "files": ["src/app.py"], "depends_on": []},
+            {"id": "W2", "title": "...", "files": ["tests/test_app.py"], "depends_on": ["W1"]},
+        ],
+    },
+    State.IMPLEMENTATION: {
+        "commit_message": "feat: ...",
+        "files": [
+            {"path": "src/app.py", "action": "modify", "content": "<full new file content>"},
+            {"path": "old.py", "action": "delete"},
+        ],
+    },
+    State.TESTING: {
+        "verdict": "pass",
+        "findings": [{"severity": "minor", "message": "...", "path": "src/app.py"}],
+        "quality_score": 0.9,
+        "tests_run": 12,
+        "tests_failed": 0,
+    },
+    State.VERIFICATION: {
+        "verdict": "approve",
+        "findings": [],
+        "score": 0.9,
+    },
+    State.DEPLOYMENT: {
+        "branch": "topdog/feature-branch",
+        "commits": ["0123456789abcdef0123456789abcdef01234567"],
+        "pull_request_url": "https://github.com/owner/name/pull/1",
+        "pushed": True,
+    },
+}
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle in `graph` (node -> dependencies) as [a, b, ..., a], or None."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    stack_path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        stack_path.append(node)
+        for dep in graph.get(node, []):
+            if colour.get(dep, black) == grey:
+                return [*stack_path[stack_path.index(dep) :], dep]
+            if colour.get(dep) == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack_path.pop()
+        colour[node] = black
+        return None
+
+    for node in graph:
+        if colour[node] == white:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _reject_duplicates(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    dupes = sorted({v for v in values if v in seen or seen.add(v)})
+    if dupes:
+        raise serializers.ValidationError(f"duplicate {what}: {', '.join(dupes)}")

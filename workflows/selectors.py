@@ -1,0 +1,77 @@
+"""Reads. Each selector scopes to what the user may see and owns its query shape."""
+
+import uuid
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import F, QuerySet
+
+from workflows.errors import ProjectNotFound, WorkflowNotFound
+from workflows.models import (
+    Handoff,
+    Message,
+    PhaseResult,
+    Project,
+    RoleContext,
+    Workflow,
+    WorkflowEvent,
+)
+
+
+def project_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Project]:
+    """Projects the user belongs to, with their role as `member_role`."""
+    return Project.objects.filter(memberships__user=user).annotate(
+        member_role=F("memberships__role")
+    )
+
+
+def project_get_for_user(*, user: AbstractBaseUser, project_ref: Any) -> Project:
+    """One of the user's projects by id or slug; ProjectNotFound otherwise."""
+    try:
+        lookup = {"pk": uuid.UUID(str(project_ref))}
+    except ValueError:
+        lookup = {"slug": str(project_ref)}
+    try:
+        return project_list_for_user(user=user).get(**lookup)
+    except Project.DoesNotExist as exc:
+        raise ProjectNotFound() from exc
+
+
+def workflow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Workflow]:
+    """Workflows of the user's projects, with the project and the user's role."""
+    return (
+        Workflow.objects.filter(project__memberships__user=user)
+        .select_related("project")
+        .annotate(member_role=F("project__memberships__role"))
+    )
+
+
+def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow:
+    """One workflow the user may see, in one query; WorkflowNotFound otherwise."""
+    try:
+        return workflow_list_for_user(user=user).get(pk=workflow_id)
+    except (Workflow.DoesNotExist, ValueError) as exc:
+        raise WorkflowNotFound() from exc
+
+
+def workflow_events(*, workflow: Workflow, after: int = 0) -> QuerySet[WorkflowEvent]:
+    return WorkflowEvent.objects.filter(workflow=workflow, seq__gt=after).order_by("seq")
+
+
+def workflow_handoffs(*, workflow: Workflow) -> QuerySet[Handoff]:
+    return Handoff.objects.filter(workflow=workflow).order_by("event_seq")
+
+
+def workflow_messages(*, workflow: Workflow, role: str | None = None) -> QuerySet[Message]:
+    queryset = Message.objects.filter(workflow=workflow)
+    if role:
+        queryset = queryset.filter(role=role)
+    return queryset.order_by("seq")
+
+
+def workflow_phase_results(*, workflow: Workflow) -> QuerySet[PhaseResult]:
+    return PhaseResult.objects.filter(workflow=workflow).order_by("created_at", "id")
+
+
+def role_context_get(*, workflow: Workflow, role: str) -> RoleContext:
+    return RoleContext.objects.get(workflow=workflow, role=role)

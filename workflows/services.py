@@ -1,0 +1,578 @@
+"""Business writes on workflows.
+
+Every service that moves a workflow follows one shape: lock the workflow row
+(`select_for_update`; SQLite takes its write lock at BEGIN IMMEDIATE), check what the
+caller asked against the state it finds, write the state change together with exactly
+one Handoff and the next gapless WorkflowEvents, and only after commit broadcast them.
+Either all of that commits or none of it does.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+
+from ai_orchestration.prompts import prompt_render, prompt_template_active
+from workflows.broadcast import workflow_events_broadcast
+from workflows.errors import (
+    ActionForbidden,
+    ProjectNotFound,
+    TransitionConflict,
+    WorkflowNotFound,
+)
+from workflows.evidence import (
+    canonical_json,
+    evidence_artifacts,
+    evidence_summary,
+    evidence_validate,
+    findings_feedback,
+    sha256_text,
+)
+from workflows.models import (
+    Handoff,
+    Membership,
+    Message,
+    PhaseResult,
+    Project,
+    RoleContext,
+    Workflow,
+    WorkflowEvent,
+)
+from workflows.states import (
+    REGRESSION_TARGETS,
+    TRANSITION_MEMBER_ROLES,
+    EventType,
+    HandoffKind,
+    MemberRole,
+    Sender,
+    State,
+    Transition,
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for a change: a user, or the service itself (autopilot, admin scripts)."""
+
+    user: AbstractBaseUser | None
+    name: str
+
+    @classmethod
+    def of(cls, user: AbstractBaseUser) -> "Actor":
+        return cls(user=user, name=user.get_username())
+
+    @classmethod
+    def system(cls, name: str = "system") -> "Actor":
+        return cls(user=None, name=name)
+
+
+@dataclass(frozen=True)
+class TransitionOutcome:
+    workflow: Workflow
+    previous_state: str
+    handoff: Handoff | None
+    phase_result: PhaseResult | None = None
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
+    """The workflow row, locked, and the actor's project role (None for system actors)."""
+    queryset = Workflow.objects.select_for_update(of=("self",)).select_related("project")
+    if actor.user is not None:
+        queryset = queryset.filter(project__memberships__user=actor.user).annotate(
+            member_role=F("project__memberships__role")
+        )
+    try:
+        workflow = queryset.get(pk=workflow_id)
+    except (Workflow.DoesNotExist, ValueError) as exc:
+        raise WorkflowNotFound() from exc
+    return workflow, getattr(workflow, "member_role", None)
+
+
+def available_transitions(workflow: Workflow, member_role: str | None) -> list[str]:
+    """The transitions `member_role` may ask for now (None: a system actor, all of them)."""
+    names = {
+        "advance": Transition.COMPLETE,
+        "hold_for_approval": Transition.COMPLETE,
+        "regress_to_implementation": Transition.REGRESS,
+        "regress_to_planning": Transition.REGRESS,
+        "approve": Transition.APPROVE,
+        "reject": Transition.REJECT,
+        "cancel": Transition.CANCEL,
+        "fail": Transition.FAIL,
+    }
+    possible = {names[t.name] for t in workflow.get_available_state_transitions()}
+    return [
+        str(t)
+        for t in Transition
+        if t in possible and (member_role is None or member_role in TRANSITION_MEMBER_ROLES[t])
+    ]
+
+
+def _check(workflow: Workflow, member_role: str | None, wanted: str) -> None:
+    if member_role is not None and member_role not in TRANSITION_MEMBER_ROLES[wanted]:
+        allowed = sorted(r.value for r in MemberRole if r in TRANSITION_MEMBER_ROLES[wanted])
+        raise ActionForbidden(
+            f"'{wanted}' needs project role {' or '.join(allowed)}; you are {member_role}"
+        )
+    allowed = available_transitions(workflow, None)
+    if wanted not in allowed:
+        raise TransitionConflict(
+            _conflict_message(workflow, wanted, allowed),
+            current_state=workflow.state,
+            allowed=allowed,
+        )
+
+
+def _conflict_message(workflow: Workflow, wanted: str, allowed: list[str]) -> str:
+    where = f"workflow is in {workflow.state}"
+    if workflow.awaiting_approval:
+        where += " awaiting approval"
+    if not allowed:
+        return f"{where}; it is finished and allows no transitions"
+    return f"{where}; '{wanted}' is not allowed; allowed: {', '.join(allowed)}"
+
+
+def _event(workflow: Workflow, actor: Actor, type_: str, data: dict) -> WorkflowEvent:
+    return WorkflowEvent(
+        workflow=workflow,
+        seq=workflow.next_event_seq(),
+        type=type_,
+        data=data,
+        actor=actor.user,
+        actor_name=actor.name,
+    )
+
+
+def _handoff(
+    workflow: Workflow,
+    actor: Actor,
+    *,
+    kind: str,
+    from_state: str,
+    from_role: str | None,
+    reason: str = "",
+    feedback: str = "",
+    summary: str = "",
+    phase_result: PhaseResult | None = None,
+) -> tuple[Handoff, WorkflowEvent]:
+    """The Handoff row of a transition that has just happened, and its event."""
+    event = _event(
+        workflow,
+        actor,
+        EventType.TRANSITIONED,
+        {
+            "kind": kind,
+            "from_state": from_state,
+            "to_state": workflow.state,
+            "from_role": from_role,
+            "to_role": workflow.current_role,
+            "reason": reason,
+            "feedback": feedback,
+            "regression_count": workflow.regression_count,
+            "awaiting_approval": workflow.awaiting_approval,
+        },
+    )
+    handoff = Handoff(
+        workflow=workflow,
+        kind=kind,
+        from_role=from_role,
+        to_role=workflow.current_role,
+        from_state=from_state,
+        to_state=workflow.state,
+        actor=actor.user,
+        actor_name=actor.name,
+        reason=reason,
+        feedback=feedback,
+        summary=summary,
+        phase_result=phase_result,
+        event_seq=event.seq,
+    )
+    return handoff, event
+
+
+def _role_context_enter(workflow: Workflow) -> None:
+    """Render the system prompt of the role that now owns the workflow, and record it."""
+    if workflow.current_role is None:
+        return
+    template = prompt_template_active(role=workflow.current_role)
+    model_settings = {
+        "model_name": workflow.model_name,
+        **settings.TOPDOG_MODELS[workflow.model_name],
+        "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
+        "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
+    }
+    RoleContext.objects.bulk_create(
+        [
+            RoleContext(
+                workflow=workflow,
+                role=workflow.current_role,
+                system_prompt=prompt_render(
+                    body=template.body,
+                    workflow=workflow,
+                    role=workflow.current_role,
+                    state=workflow.state,
+                ),
+                prompt_template=template,
+                prompt_version=template.sha256,
+                model_settings=model_settings,
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["workflow", "role"],
+        update_fields=[
+            "system_prompt",
+            "prompt_template",
+            "prompt_version",
+            "model_settings",
+            "updated_at",
+        ],
+    )
+
+
+def _save(
+    workflow: Workflow,
+    events: Iterable[WorkflowEvent],
+    handoff: Handoff | None = None,
+) -> None:
+    """Write the workflow, its new events and handoff; broadcast the events after commit."""
+    events = list(events)
+    workflow.save()
+    WorkflowEvent.objects.bulk_create(events)
+    if handoff is not None:
+        handoff.save()
+    transaction.on_commit(partial(workflow_events_broadcast, events=events), robust=True)
+
+
+def _title(requirements: dict) -> str:
+    first_line = str(requirements.get("title") or requirements["description"]).strip()
+    first_line = first_line.splitlines()[0] if first_line else "Untitled"
+    return first_line[:200]
+
+
+# --- services --------------------------------------------------------------------------
+
+
+def workflow_initialize(
+    *,
+    project: Project,
+    requirements: dict,
+    actor: Actor,
+    model_name: str | None = None,
+    build_id: str = "",
+    external_user_id: str = "",
+) -> Workflow:
+    """Open a workflow in DISCOVERY for `project`, owned by Q_ASSISTANT."""
+    if actor.user is not None:
+        role = (
+            Membership.objects.filter(project=project, user=actor.user)
+            .values_list("role", flat=True)
+            .first()
+        )
+        if role is None:
+            raise ProjectNotFound()
+        if role == MemberRole.VIEWER:
+            raise ActionForbidden("starting a workflow needs project role owner or developer")
+    model_name = model_name or settings.TOPDOG_DEFAULT_MODEL
+    with transaction.atomic():
+        workflow = Workflow(
+            project=project,
+            created_by=actor.user,
+            build_id=build_id,
+            external_user_id=external_user_id,
+            title=_title(requirements),
+            requirements=requirements,
+            model_name=model_name,
+            regression_limit=project.regression_limit,
+        )
+        workflow.save(force_insert=True)
+        event = _event(
+            workflow,
+            actor,
+            EventType.WORKFLOW_CREATED,
+            {
+                "state": workflow.state,
+                "role": workflow.current_role,
+                "title": workflow.title,
+                "project_id": str(project.id),
+                "model": model_name,
+                "regression_limit": workflow.regression_limit,
+            },
+        )
+        _role_context_enter(workflow)
+        _save(workflow, [event])
+    return workflow
+
+
+def workflow_phase_complete(
+    *,
+    workflow_id: Any,
+    ai_response: str,
+    result: Any,
+    actor: Actor,
+    expected_state: str | None = None,
+) -> TransitionOutcome:
+    """Store the current phase's evidence and move on: forward, to a gate, or back.
+
+    A failing test report or a rejected verification is valid evidence that regresses the
+    workflow with the findings as feedback. With `expected_state`, a workflow found in
+    another state (someone else completed the phase first) is a conflict, not a
+    validation error.
+    """
+    with transaction.atomic():
+        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        if expected_state is not None and expected_state != workflow.state:
+            allowed = available_transitions(workflow, member_role)
+            raise TransitionConflict(
+                f"workflow is in {workflow.state}, not {expected_state}: the phase was "
+                f"completed by another request; fetch the status and continue from there",
+                current_state=workflow.state,
+                allowed=allowed,
+            )
+        _check(workflow, member_role, Transition.COMPLETE)
+        phase, role = workflow.state, workflow.current_role
+        evidence = evidence_validate(phase=phase, data=result)
+
+        regress_to, feedback = _regression_asked(phase, evidence)
+        gated = regress_to is None and workflow.project.has_gate(phase)
+        attempt = PhaseResult.objects.filter(workflow=workflow, phase=phase).count() + 1
+        phase_result = PhaseResult.objects.create(
+            workflow=workflow,
+            phase=phase,
+            attempt=attempt,
+            status=PhaseResult.Status.PENDING_APPROVAL if gated else PhaseResult.Status.ACCEPTED,
+            ai_response=ai_response,
+            result=evidence,
+            artifacts=evidence_artifacts(phase=phase, result=evidence),
+            content_hash=sha256_text(canonical_json(evidence)),
+            created_by=actor.user,
+        )
+        Message.objects.create(
+            workflow=workflow,
+            seq=workflow.next_message_seq(),
+            role=role,
+            sender=Sender.ASSISTANT,
+            phase=phase,
+            content=ai_response or canonical_json(evidence),
+        )
+        events = [
+            _event(
+                workflow,
+                actor,
+                EventType.PHASE_COMPLETED,
+                {
+                    "phase": phase,
+                    "role": role,
+                    "attempt": attempt,
+                    "phase_result_id": phase_result.pk,
+                    "status": phase_result.status,
+                    "content_hash": phase_result.content_hash,
+                },
+            )
+        ]
+        handoff = None
+        summary = evidence_summary(phase=phase, result=evidence)
+        if regress_to is not None:
+            handoff, event = _regress(
+                workflow,
+                actor,
+                target=regress_to,
+                reason=f"{phase} sent the work back: {summary}",
+                feedback=feedback,
+                phase_result=phase_result,
+            )
+            events.append(event)
+        elif gated:
+            workflow.hold_for_approval()
+            events.append(
+                _event(
+                    workflow,
+                    actor,
+                    EventType.APPROVAL_REQUESTED,
+                    {"phase": phase, "phase_result_id": phase_result.pk},
+                )
+            )
+        else:
+            workflow.advance()
+            handoff, event = _handoff(
+                workflow,
+                actor,
+                kind=HandoffKind.FORWARD,
+                from_state=phase,
+                from_role=role,
+                summary=summary,
+                phase_result=phase_result,
+            )
+            events.append(event)
+        if workflow.state != phase:
+            _role_context_enter(workflow)
+        _save(workflow, events, handoff)
+    return TransitionOutcome(workflow, phase, handoff, phase_result)
+
+
+def _regression_asked(phase: str, evidence: dict) -> tuple[str | None, str]:
+    if phase == State.TESTING and evidence["verdict"] == "fail":
+        return State.IMPLEMENTATION, findings_feedback(evidence["findings"])
+    if phase == State.VERIFICATION and evidence["verdict"] == "reject":
+        return evidence["regress_to"], findings_feedback(evidence["findings"])
+    return None, ""
+
+
+def _regress(
+    workflow: Workflow,
+    actor: Actor,
+    *,
+    target: str,
+    reason: str,
+    feedback: str,
+    phase_result: PhaseResult | None = None,
+) -> tuple[Handoff, WorkflowEvent]:
+    """Send the work back to `target`, or fail the workflow if it is out of regressions."""
+    from_state, from_role = workflow.state, workflow.current_role
+    if workflow.regression_count >= workflow.regression_limit:
+        workflow.fail(
+            reason=f"regression limit of {workflow.regression_limit} reached; last: {reason}"
+        )
+        return _handoff(
+            workflow,
+            actor,
+            kind=HandoffKind.FAIL,
+            from_state=from_state,
+            from_role=from_role,
+            reason=workflow.terminal_reason,
+            feedback=feedback,
+            phase_result=phase_result,
+        )
+    if target == State.PLANNING:
+        workflow.regress_to_planning()
+    else:
+        workflow.regress_to_implementation()
+    return _handoff(
+        workflow,
+        actor,
+        kind=HandoffKind.REGRESSION,
+        from_state=from_state,
+        from_role=from_role,
+        reason=reason,
+        feedback=feedback,
+        summary=f"Sent back from {from_state}: {reason}",
+        phase_result=phase_result,
+    )
+
+
+def workflow_regress(
+    *, workflow_id: Any, target: str | None, reason: str, feedback: str, actor: Actor
+) -> TransitionOutcome:
+    """Send the work back from TESTING or VERIFICATION, with feedback for the next role."""
+    with transaction.atomic():
+        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        _check(workflow, member_role, Transition.REGRESS)
+        targets = REGRESSION_TARGETS[workflow.state]
+        target = target or targets[0]
+        if target not in targets:
+            raise TransitionConflict(
+                f"workflow is in {workflow.state}; it can go back to {', '.join(targets)}, "
+                f"not {target}",
+                current_state=workflow.state,
+                allowed=available_transitions(workflow, member_role),
+            )
+        previous = workflow.state
+        handoff, event = _regress(workflow, actor, target=target, reason=reason, feedback=feedback)
+        _role_context_enter(workflow)
+        _save(workflow, [event], handoff)
+    return TransitionOutcome(workflow, previous, handoff)
+
+
+def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> TransitionOutcome:
+    """Let a gated phase's stored result through to the next phase."""
+    with transaction.atomic():
+        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        _check(workflow, member_role, Transition.APPROVE)
+        previous, role = workflow.state, workflow.current_role
+        pending = _pending_result(workflow)
+        pending.status = PhaseResult.Status.ACCEPTED
+        pending.save(update_fields=["status"])
+        workflow.approve()
+        handoff, event = _handoff(
+            workflow,
+            actor,
+            kind=HandoffKind.APPROVAL,
+            from_state=previous,
+            from_role=role,
+            reason=comment or "approved",
+            summary=evidence_summary(phase=previous, result=pending.result),
+            phase_result=pending,
+        )
+        _role_context_enter(workflow)
+        _save(workflow, [event], handoff)
+    return TransitionOutcome(workflow, previous, handoff, pending)
+
+
+def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> TransitionOutcome:
+    """Turn down a gated phase's result; the same role redoes the phase with `feedback`."""
+    with transaction.atomic():
+        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        _check(workflow, member_role, Transition.REJECT)
+        previous, role = workflow.state, workflow.current_role
+        pending = _pending_result(workflow)
+        pending.status = PhaseResult.Status.REJECTED
+        pending.save(update_fields=["status"])
+        workflow.reject()
+        handoff, event = _handoff(
+            workflow,
+            actor,
+            kind=HandoffKind.REJECTION,
+            from_state=previous,
+            from_role=role,
+            reason="rejected at the approval gate",
+            feedback=feedback,
+            summary=f"{previous} result rejected: {feedback}",
+            phase_result=pending,
+        )
+        _save(workflow, [event], handoff)
+    return TransitionOutcome(workflow, previous, handoff, pending)
+
+
+def _pending_result(workflow: Workflow) -> PhaseResult:
+    return (
+        PhaseResult.objects.filter(
+            workflow=workflow, phase=workflow.state, status=PhaseResult.Status.PENDING_APPROVAL
+        )
+        .order_by("-attempt")
+        .first()
+    )
+
+
+def workflow_cancel(*, workflow_id: Any, actor: Actor, reason: str = "") -> TransitionOutcome:
+    """Stop a workflow for good at the caller's request."""
+    return _terminate(workflow_id, actor, Transition.CANCEL, reason or "cancelled")
+
+
+def workflow_fail(*, workflow_id: Any, actor: Actor, reason: str) -> TransitionOutcome:
+    """Mark a workflow failed, with the reason."""
+    return _terminate(workflow_id, actor, Transition.FAIL, reason)
+
+
+def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> TransitionOutcome:
+    with transaction.atomic():
+        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        _check(workflow, member_role, wanted)
+        previous, role = workflow.state, workflow.current_role
+        if wanted == Transition.CANCEL:
+            workflow.cancel(reason=reason)
+            kind = HandoffKind.CANCEL
+        else:
+            workflow.fail(reason=reason)
+            kind = HandoffKind.FAIL
+        handoff, event = _handoff(
+            workflow, actor, kind=kind, from_state=previous, from_role=role, reason=reason
+        )
+        _save(workflow, [event], handoff)
+    return TransitionOutcome(workflow, previous, handoff)
