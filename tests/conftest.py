@@ -1,0 +1,53 @@
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_token_for
+
+on_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs PostgreSQL (run with DATABASE_URL)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _no_throttling(settings):
+    rest = dict(settings.REST_FRAMEWORK)
+    rest["DEFAULT_THROTTLE_CLASSES"] = []
+    settings.REST_FRAMEWORK = rest
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory(username="alice")
+
+
+@pytest.fixture
+def project(db, user):
+    project = ProjectFactory(slug="demo")
+    MembershipFactory(project=project, user=user)
+    return project
+
+
+@pytest.fixture
+def stranger(db):
+    return UserFactory(username="mallory")
+
+
+@pytest.fixture
+def api(user):
+    """An API client authenticated as `user` with a real API token."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
+    return client
+
+
+@pytest.fixture
+def stranger_api(stranger):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(stranger)}")
+    return client
