@@ -1,4 +1,5 @@
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -15,10 +16,11 @@ def _fast_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
-def _no_throttling(settings):
-    rest = dict(settings.REST_FRAMEWORK)
-    rest["DEFAULT_THROTTLE_CLASSES"] = []
-    settings.REST_FRAMEWORK = rest
+def _fresh_cache():
+    """Throttle counters live in the cache; every test starts with none."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
