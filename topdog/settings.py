@@ -5,6 +5,7 @@ service runs on its embedded default: SQLite, the in-memory channel layer, the d
 task backend with a worker started by `manage.py serve`, and the offline AI provider.
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_tasks",
     "django_tasks_db",
@@ -85,6 +87,8 @@ if DATABASE_URL:
     if _db["ENGINE"] == "django.db.backends.postgresql":
         # Django's psycopg 3 connection pool; CONN_MAX_AGE must stay 0 with a pool.
         _db["CONN_MAX_AGE"] = 0
+        # Per-process test database, so concurrent test runs on one server never collide.
+        _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DB_POOL_MIN_SIZE", 2),
             "max_size": env_int("DB_POOL_MAX_SIZE", 20),
@@ -104,7 +108,7 @@ else:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
         # A file, not shared-cache memory: threads in the tests then see real locking.
-        "TEST": {"NAME": str(VAR_DIR / "test-topdog.sqlite3")},
+        "TEST": {"NAME": str(VAR_DIR / f"test-topdog-{os.getpid()}.sqlite3")},
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -180,6 +184,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from the installed sidecar package, so /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"PhaseEnum": "workflows.states.PHASES"},
 }
 
 # --- TopDog ---------------------------------------------------------------------------
@@ -220,3 +229,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- manage.py serve ------------------------------------------------------------------
+# Serve /static/ (the admin's CSS and JS) from the ASGI app; turn off when a proxy or
+# CDN serves `collectstatic` output instead.
+TOPDOG_SERVE_STATIC = env_bool("TOPDOG_SERVE_STATIC", True)
+# Password for the `admin` superuser that the first `manage.py serve` creates
+# (empty: generate one and print it once).
+TOPDOG_ADMIN_PASSWORD = env_str("TOPDOG_ADMIN_PASSWORD")
+
+# --- AI providers ---------------------------------------------------------------------
+# A provider is configured when its variable is set; `offline` needs nothing.
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+LOCAL_LLM_BASE_URL = env_str("LOCAL_LLM_BASE_URL")

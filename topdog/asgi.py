@@ -1,0 +1,29 @@
+"""ASGI entry point: `daphne topdog.asgi:application`.
+
+One router for every protocol. HTTP goes to Django (with the admin's static files
+when TOPDOG_SERVE_STATIC is on, because daphne serves none itself); websocket routes
+join the router here.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "topdog.settings")
+
+# Set Django up before importing anything that touches models (consumers, routing).
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+http_app = (
+    ASGIStaticFilesHandler(django_asgi_app) if settings.TOPDOG_SERVE_STATIC else django_asgi_app
+)
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+    }
+)

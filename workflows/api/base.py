@@ -1,0 +1,87 @@
+"""Shared pieces of the API views: the base class, output shapes and next actions."""
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+from rest_framework.views import APIView
+
+from workflows.api.idempotency import IdempotentMixin
+from workflows.models import Workflow
+from workflows.services import available_transitions
+
+
+class ApiView(IdempotentMixin, APIView):
+    """Base of every TopDog API view: JSON, authenticated, idempotent POSTs."""
+
+
+def next_action(workflow: Workflow) -> dict[str, Any]:
+    """What the caller should do next with `workflow`, machine-readable."""
+    if workflow.is_terminal:
+        return {"type": "none", "detail": f"workflow is {workflow.state}; nothing left to do"}
+    if workflow.awaiting_approval:
+        return {
+            "type": "await_approval",
+            "phase": workflow.state,
+            "detail": f"a project owner must approve or reject the {workflow.state} result",
+            "transitions_url": reverse("api:workflow-transitions", args=[workflow.id]),
+        }
+    return {
+        "type": "call_model",
+        "phase": workflow.state,
+        "role": workflow.current_role,
+        "detail": f"fetch the prompt, call the model as {workflow.current_role}, then submit "
+        f"the {workflow.state} evidence to complete-phase",
+        "prompt_url": reverse("api:ide-get-ai-prompt", args=[workflow.id]),
+        "complete_url": reverse("api:ide-complete-phase"),
+    }
+
+
+class ProjectOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    repository = serializers.CharField()
+    default_branch = serializers.CharField()
+    approval_gates = serializers.ListField(child=serializers.CharField())
+    regression_limit = serializers.IntegerField()
+    member_role = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class WorkflowSummarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    project = serializers.SlugField(source="project.slug")
+    project_id = serializers.UUIDField()
+    title = serializers.CharField()
+    state = serializers.CharField()
+    current_role = serializers.CharField(allow_null=True)
+    awaiting_approval = serializers.BooleanField()
+    regression_count = serializers.IntegerField()
+    progress = serializers.FloatField()
+    build_id = serializers.CharField()
+    model = serializers.CharField(source="model_name")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class WorkflowDetailSerializer(WorkflowSummarySerializer):
+    requirements = serializers.JSONField()
+    completed_phases = serializers.ListField(child=serializers.CharField())
+    regression_limit = serializers.IntegerField()
+    terminal_reason = serializers.CharField()
+    last_event_seq = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    external_user_id = serializers.CharField()
+    available_transitions = serializers.SerializerMethodField()
+    next_action = serializers.SerializerMethodField()
+
+    def get_available_transitions(self, workflow: Workflow) -> list[str]:
+        return available_transitions(workflow, getattr(workflow, "member_role", None))
+
+    def get_next_action(self, workflow: Workflow) -> dict:
+        return next_action(workflow)

@@ -1,0 +1,97 @@
+"""One mapping from domain errors to HTTP, with bodies that say what to do next.
+
+Every error body has `detail`; validation errors add `errors` (field -> messages) and
+conflicts add `current_state` and `allowed_transitions`.
+"""
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from django_fsm import ConcurrentTransition
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from workflows.errors import (
+    ActionForbidden,
+    ProjectNotFound,
+    TransitionConflict,
+    WorkflowNotFound,
+)
+
+
+class IdempotencyKeyReused(exceptions.APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = (
+        "this Idempotency-Key was already used with a different request body; "
+        "use a new key for a new request"
+    )
+
+
+class IdempotencyKeyInFlight(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "a request with this Idempotency-Key is still being processed; retry shortly"
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, WorkflowNotFound | ProjectNotFound | Http404):
+        return Response({"detail": str(exc) or "not found"}, status=404)
+    if isinstance(exc, TransitionConflict):
+        return Response(
+            {
+                "detail": str(exc),
+                "current_state": exc.current_state,
+                "allowed_transitions": exc.allowed,
+            },
+            status=409,
+        )
+    if isinstance(exc, ConcurrentTransition):
+        return Response(
+            {"detail": "another request changed this workflow first; fetch it and retry"},
+            status=409,
+        )
+    if isinstance(exc, ActionForbidden):
+        return Response({"detail": str(exc)}, status=403)
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": "request body too large"}, status=413)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    if isinstance(exc, exceptions.ValidationError):
+        return Response(
+            {"detail": _validation_summary(exc.detail), "errors": exc.detail},
+            status=400,
+        )
+    response = drf_exception_handler(exc, context)
+    if isinstance(exc, exceptions.Throttled) and response is not None:
+        response.data = {
+            "detail": f"rate limited; retry in {exc.wait:.0f} seconds"
+            if exc.wait
+            else "rate limited"
+        }
+    return response
+
+
+def _validation_summary(detail: Any) -> str:
+    fields = sorted(_leaf_paths(detail))
+    if not fields:
+        return "invalid input"
+    return "invalid input in: " + ", ".join(fields[:10]) + " (see errors)"
+
+
+def _leaf_paths(detail: Any, prefix: str = "") -> list[str]:
+    if isinstance(detail, dict):
+        paths: list[str] = []
+        for key, value in detail.items():
+            paths += _leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
+        return paths
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict | list):
+        paths = []
+        for index, value in enumerate(detail):
+            if value:
+                paths += _leaf_paths(value, f"{prefix}[{index}]")
+        return paths
+    return [prefix or "non_field_errors"]

@@ -1,0 +1,83 @@
+"""GET /api/health/: whether the database, channel layer and task backend answer."""
+
+import asyncio
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django_tasks import default_task_backend
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from workflows.api.base import ApiView
+
+
+def _check(fn) -> dict:
+    started = time.perf_counter()
+    try:
+        detail = fn()
+    except Exception as exc:  # reported, not raised: health must answer
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2), **(detail or {})}
+
+
+def _database() -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {"vendor": connection.vendor}
+
+
+def _channel_layer() -> dict:
+    layer = get_channel_layer()
+
+    async def roundtrip() -> None:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "health.ping"})
+        await asyncio.wait_for(layer.receive(channel), timeout=2)
+
+    async_to_sync(roundtrip)()
+    return {"backend": type(layer).__name__}
+
+
+def _task_backend() -> dict:
+    backend = default_task_backend
+    detail = {"backend": type(backend).__name__}
+    if type(backend).__name__ == "DatabaseBackend":
+        from django_tasks_db.models import DBTaskResult
+
+        detail["queued"] = DBTaskResult.objects.filter(status="READY").count()
+    return detail
+
+
+def providers_configured() -> dict[str, bool]:
+    return {
+        "offline": True,
+        "openai": bool(settings.OPENAI_API_KEY),
+        "anthropic": bool(settings.ANTHROPIC_API_KEY),
+        "local": bool(settings.LOCAL_LLM_BASE_URL),
+    }
+
+
+class HealthApi(ApiView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=dict)
+    def get(self, request: Request) -> Response:
+        checks = {
+            "database": _check(_database),
+            "channel_layer": _check(_channel_layer),
+            "task_backend": _check(_task_backend),
+        }
+        healthy = all(check["ok"] for check in checks.values())
+        body = {
+            "status": "ok" if healthy else "degraded",
+            **checks,
+            "llm_providers": providers_configured(),
+        }
+        return Response(body, status=200 if healthy else 503)

@@ -1,0 +1,158 @@
+"""The IDE contract of DESIGN.md: initialize, complete-phase, status, get-ai-prompt."""
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ai_orchestration.context import prompt_request_build
+from workflows import selectors
+from workflows.api.base import ApiView, next_action
+from workflows.errors import TransitionConflict
+from workflows.services import (
+    Actor,
+    available_transitions,
+    workflow_initialize,
+    workflow_phase_complete,
+)
+from workflows.states import PHASES
+
+
+class RequirementsField(serializers.JSONField):
+    def to_internal_value(self, data: object) -> dict:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object with at least a description")
+        description = value.get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise serializers.ValidationError({"description": ["a non-empty string is required"]})
+        return value
+
+
+class InitializeApi(ApiView):
+    class InitializeInputSerializer(serializers.Serializer):
+        project_id = serializers.CharField(help_text="Project id (UUID) or slug.")
+        build_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        user_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        requirements = RequirementsField()
+        model = serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS), required=False)
+
+    class InitializeOutputSerializer(serializers.Serializer):
+        workflow_id = serializers.UUIDField()
+        initial_state = serializers.CharField()
+        system_prompt = serializers.CharField()
+        next_action = serializers.JSONField()
+
+    @extend_schema(request=InitializeInputSerializer, responses={201: InitializeOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = _valid(self.InitializeInputSerializer, request)
+        project = selectors.project_get_for_user(user=request.user, project_ref=data["project_id"])
+        workflow = workflow_initialize(
+            project=project,
+            requirements=data["requirements"],
+            actor=Actor.of(request.user),
+            model_name=data.get("model"),
+            build_id=data.get("build_id", ""),
+            external_user_id=data.get("user_id", ""),
+        )
+        role_context = selectors.role_context_get(workflow=workflow, role=workflow.current_role)
+        body = {
+            "workflow_id": workflow.id,
+            "initial_state": workflow.state,
+            "system_prompt": role_context.system_prompt,
+            "next_action": next_action(workflow),
+        }
+        return Response(self.InitializeOutputSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class CompletePhaseApi(ApiView):
+    class CompletePhaseInputSerializer(serializers.Serializer):
+        workflow_id = serializers.UUIDField()
+        ai_response = serializers.CharField(allow_blank=True, trim_whitespace=False)
+        phase_result = serializers.JSONField()
+        phase = serializers.ChoiceField(
+            choices=list(PHASES),
+            required=False,
+            help_text="The phase this result is for. When given and the workflow has moved "
+            "on, the answer is 409 instead of a validation error.",
+        )
+
+    class CompletePhaseOutputSerializer(serializers.Serializer):
+        workflow_id = serializers.UUIDField()
+        previous_state = serializers.CharField()
+        new_state = serializers.CharField()
+        next_role = serializers.CharField(allow_null=True)
+        next_action = serializers.JSONField()
+        is_complete = serializers.BooleanField()
+        awaiting_approval = serializers.BooleanField()
+        phase_result_id = serializers.IntegerField()
+
+    @extend_schema(
+        request=CompletePhaseInputSerializer, responses={200: CompletePhaseOutputSerializer}
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.CompletePhaseInputSerializer, request)
+        outcome = workflow_phase_complete(
+            workflow_id=data["workflow_id"],
+            ai_response=data["ai_response"],
+            result=data["phase_result"],
+            actor=Actor.of(request.user),
+            expected_state=data.get("phase"),
+        )
+        workflow = outcome.workflow
+        body = {
+            "workflow_id": workflow.id,
+            "previous_state": outcome.previous_state,
+            "new_state": workflow.state,
+            "next_role": workflow.current_role,
+            "next_action": next_action(workflow),
+            "is_complete": workflow.is_complete,
+            "awaiting_approval": workflow.awaiting_approval,
+            "phase_result_id": outcome.phase_result.pk,
+        }
+        return Response(self.CompletePhaseOutputSerializer(body).data)
+
+
+class StatusApi(ApiView):
+    class StatusOutputSerializer(serializers.Serializer):
+        workflow_id = serializers.UUIDField(source="id")
+        current_state = serializers.CharField(source="state")
+        progress = serializers.FloatField()
+        completed_phases = serializers.ListField(child=serializers.CharField())
+        next_role = serializers.CharField(source="current_role", allow_null=True)
+        is_complete = serializers.BooleanField()
+        awaiting_approval = serializers.BooleanField()
+        regression_count = serializers.IntegerField()
+
+    @extend_schema(responses=StatusOutputSerializer)
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        return Response(self.StatusOutputSerializer(workflow).data)
+
+
+class GetAiPromptApi(ApiView):
+    class GetAiPromptOutputSerializer(serializers.Serializer):
+        model = serializers.CharField()
+        messages = serializers.ListField(child=serializers.DictField())
+        temperature = serializers.FloatField()
+        max_tokens = serializers.IntegerField()
+
+    @extend_schema(request=None, responses=GetAiPromptOutputSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        if workflow.is_terminal or workflow.awaiting_approval:
+            waiting = "awaiting approval" if workflow.awaiting_approval else "finished"
+            raise TransitionConflict(
+                f"workflow is in {workflow.state} ({waiting}); there is no prompt to send",
+                current_state=workflow.state,
+                allowed=available_transitions(workflow, workflow.member_role),
+            )
+        prompt = prompt_request_build(workflow=workflow)
+        return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)
+
+
+def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data

@@ -1,0 +1,368 @@
+"""REST resources: projects, workflows and the audit trail of each workflow."""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from workflows import selectors
+from workflows.api.base import (
+    ApiView,
+    ProjectOutputSerializer,
+    WorkflowDetailSerializer,
+    WorkflowSummarySerializer,
+)
+from workflows.api.filters import WorkflowFilter
+from workflows.api.ide import RequirementsField, _valid
+from workflows.errors import ActionForbidden
+from workflows.models import Membership, Project
+from workflows.services import (
+    Actor,
+    workflow_approve,
+    workflow_cancel,
+    workflow_fail,
+    workflow_initialize,
+    workflow_phase_complete,
+    workflow_regress,
+    workflow_reject,
+)
+from workflows.states import PHASES, MemberRole, Role, State, Transition
+
+# --- projects --------------------------------------------------------------------------
+
+
+class ProjectInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    repository = serializers.RegexField(
+        r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        error_messages={"invalid": "use owner/name, e.g. acme/widgets"},
+    )
+    default_branch = serializers.CharField(max_length=100, required=False)
+    approval_gates = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(PHASES)), required=False
+    )
+    regression_limit = serializers.IntegerField(min_value=0, max_value=50, required=False)
+
+
+class ProjectCreateSerializer(ProjectInputSerializer):
+    slug = serializers.SlugField(max_length=80)
+
+    def validate_slug(self, value: str) -> str:
+        if Project.objects.filter(slug=value).exists():
+            raise serializers.ValidationError("a project with this slug exists; pick another")
+        return value
+
+
+class ProjectListApi(ApiView):
+    @extend_schema(responses=ProjectOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        projects = selectors.project_list_for_user(user=request.user).order_by("slug")
+        return Response({"results": ProjectOutputSerializer(projects, many=True).data})
+
+    @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = _valid(ProjectCreateSerializer, request)
+        with transaction.atomic():
+            project = Project.objects.create(**data)
+            Membership.objects.create(project=project, user=request.user, role=MemberRole.OWNER)
+        project.member_role = MemberRole.OWNER
+        return Response(ProjectOutputSerializer(project).data, status=status.HTTP_201_CREATED)
+
+
+class ProjectDetailApi(ApiView):
+    @extend_schema(responses=ProjectOutputSerializer)
+    def get(self, request: Request, project_ref: str) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_ref=project_ref)
+        return Response(ProjectOutputSerializer(project).data)
+
+    @extend_schema(request=ProjectInputSerializer, responses=ProjectOutputSerializer)
+    def patch(self, request: Request, project_ref: str) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_ref=project_ref)
+        if project.member_role != MemberRole.OWNER:
+            raise ActionForbidden("changing a project needs project role owner")
+        serializer = ProjectInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        for field, value in serializer.validated_data.items():
+            setattr(project, field, value)
+        project.save(update_fields=list(serializer.validated_data) or None)
+        return Response(ProjectOutputSerializer(project).data)
+
+
+# --- workflows -------------------------------------------------------------------------
+
+
+class WorkflowPagination(CursorPagination):
+    page_size = 50
+    max_page_size = 200
+    page_size_query_param = "page_size"
+    ordering = ("-created_at", "-id")
+
+
+class WorkflowListApi(ApiView):
+    class WorkflowCreateSerializer(serializers.Serializer):
+        project = serializers.CharField(help_text="Project id or slug.")
+        requirements = RequirementsField()
+        model = serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS), required=False)
+        build_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("project", str, description="Project id or slug."),
+            OpenApiParameter("state", str, many=True, enum=[s.value for s in State]),
+            OpenApiParameter("current_role", str, enum=[r.value for r in Role]),
+            OpenApiParameter("awaiting_approval", bool),
+            OpenApiParameter("build_id", str),
+            OpenApiParameter("created_after", datetime),
+            OpenApiParameter("created_before", datetime),
+            OpenApiParameter("q", str, description="Text in the title."),
+            OpenApiParameter("cursor", str),
+            OpenApiParameter("page_size", int),
+        ],
+        responses=WorkflowSummarySerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        queryset = selectors.workflow_list_for_user(user=request.user)
+        filterset = WorkflowFilter(request.query_params, queryset=queryset, request=request)
+        if not filterset.is_valid():
+            raise serializers.ValidationError(filterset.errors)
+        paginator = WorkflowPagination()
+        page = paginator.paginate_queryset(filterset.qs, request, view=self)
+        return paginator.get_paginated_response(WorkflowSummarySerializer(page, many=True).data)
+
+    @extend_schema(request=WorkflowCreateSerializer, responses={201: WorkflowDetailSerializer})
+    def post(self, request: Request) -> Response:
+        data = _valid(self.WorkflowCreateSerializer, request)
+        project = selectors.project_get_for_user(user=request.user, project_ref=data["project"])
+        workflow = workflow_initialize(
+            project=project,
+            requirements=data["requirements"],
+            actor=Actor.of(request.user),
+            model_name=data.get("model"),
+            build_id=data.get("build_id", ""),
+        )
+        workflow.member_role = project.member_role
+        return Response(WorkflowDetailSerializer(workflow).data, status=status.HTTP_201_CREATED)
+
+
+class WorkflowDetailApi(ApiView):
+    @extend_schema(responses=WorkflowDetailSerializer)
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        return Response(WorkflowDetailSerializer(workflow).data)
+
+
+class TransitionInputSerializer(serializers.Serializer):
+    transition = serializers.ChoiceField(choices=Transition.choices)
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+    feedback = serializers.CharField(required=False, allow_blank=True, max_length=50_000)
+    target = serializers.ChoiceField(
+        choices=["IMPLEMENTATION", "PLANNING"], required=False, help_text="For regress."
+    )
+    ai_response = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    phase_result = serializers.JSONField(required=False, help_text="For complete.")
+    phase = serializers.ChoiceField(choices=list(PHASES), required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        wanted = attrs["transition"]
+        if wanted == Transition.COMPLETE and "phase_result" not in attrs:
+            raise serializers.ValidationError({"phase_result": "complete needs the evidence"})
+        if wanted == Transition.REJECT and not attrs.get("feedback", "").strip():
+            raise serializers.ValidationError({"feedback": "say what must change"})
+        if wanted in (Transition.FAIL, Transition.REGRESS) and not attrs.get("reason", "").strip():
+            raise serializers.ValidationError({"reason": f"{wanted} needs a reason"})
+        return attrs
+
+
+class WorkflowTransitionApi(ApiView):
+    """Ask for any transition; the answer is the workflow as it now stands."""
+
+    @extend_schema(request=TransitionInputSerializer, responses=WorkflowDetailSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        data = _valid(TransitionInputSerializer, request)
+        actor = Actor.of(request.user)
+        wanted = data["transition"]
+        if wanted == Transition.COMPLETE:
+            outcome = workflow_phase_complete(
+                workflow_id=workflow_id,
+                ai_response=data.get("ai_response", ""),
+                result=data["phase_result"],
+                actor=actor,
+                expected_state=data.get("phase"),
+            )
+        elif wanted == Transition.REGRESS:
+            outcome = workflow_regress(
+                workflow_id=workflow_id,
+                target=data.get("target"),
+                reason=data["reason"],
+                feedback=data.get("feedback", ""),
+                actor=actor,
+            )
+        elif wanted == Transition.APPROVE:
+            outcome = workflow_approve(
+                workflow_id=workflow_id, actor=actor, comment=data.get("reason", "")
+            )
+        elif wanted == Transition.REJECT:
+            outcome = workflow_reject(
+                workflow_id=workflow_id, actor=actor, feedback=data["feedback"]
+            )
+        elif wanted == Transition.CANCEL:
+            outcome = workflow_cancel(
+                workflow_id=workflow_id, actor=actor, reason=data.get("reason", "")
+            )
+        else:
+            outcome = workflow_fail(workflow_id=workflow_id, actor=actor, reason=data["reason"])
+        return _transitioned(request, outcome)
+
+
+class WorkflowCancelApi(ApiView):
+    class CancelInputSerializer(serializers.Serializer):
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+    @extend_schema(request=CancelInputSerializer, responses=WorkflowDetailSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        data = _valid(self.CancelInputSerializer, request)
+        outcome = workflow_cancel(
+            workflow_id=workflow_id, actor=Actor.of(request.user), reason=data.get("reason", "")
+        )
+        return _transitioned(request, outcome)
+
+
+def _transitioned(request: Request, outcome: object) -> Response:
+    workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=outcome.workflow.id)
+    body = WorkflowDetailSerializer(workflow).data
+    body["previous_state"] = outcome.previous_state
+    body["handoff_id"] = outcome.handoff.pk if outcome.handoff else None
+    return Response(body)
+
+
+# --- the audit trail -------------------------------------------------------------------
+
+
+class EventOutputSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    type = serializers.CharField()
+    data = serializers.JSONField()
+    actor = serializers.CharField(source="actor_name")
+    at = serializers.DateTimeField(source="created_at")
+
+
+class HandoffOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    from_role = serializers.CharField(allow_null=True)
+    to_role = serializers.CharField(allow_null=True)
+    from_state = serializers.CharField()
+    to_state = serializers.CharField()
+    actor = serializers.CharField(source="actor_name")
+    reason = serializers.CharField()
+    feedback = serializers.CharField()
+    summary = serializers.CharField()
+    phase_result_id = serializers.IntegerField(allow_null=True)
+    event_seq = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class MessageOutputSerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    role = serializers.CharField()
+    sender = serializers.CharField()
+    phase = serializers.CharField()
+    content = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class PhaseResultOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    phase = serializers.CharField()
+    attempt = serializers.IntegerField()
+    status = serializers.CharField()
+    result = serializers.JSONField()
+    artifacts = serializers.JSONField()
+    content_hash = serializers.CharField()
+    ai_response = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+EVENT_PAGE_MAX = 1000
+
+
+class WorkflowEventListApi(ApiView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Only events with a greater seq."),
+            OpenApiParameter("limit", int, description=f"At most this many (<= {EVENT_PAGE_MAX})."),
+        ],
+        responses=EventOutputSerializer(many=True),
+    )
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        after = _int_param(request, "after", 0, minimum=0)
+        limit = _int_param(request, "limit", EVENT_PAGE_MAX, minimum=1, maximum=EVENT_PAGE_MAX)
+        events = list(selectors.workflow_events(workflow=workflow, after=after)[:limit])
+        last = events[-1].seq if events else after
+        return Response(
+            {
+                "workflow_id": workflow.id,
+                "last_seq": workflow.last_event_seq,
+                "next_after": last if last < workflow.last_event_seq else None,
+                "results": EventOutputSerializer(events, many=True).data,
+            }
+        )
+
+
+class WorkflowHandoffListApi(ApiView):
+    @extend_schema(responses=HandoffOutputSerializer(many=True))
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        handoffs = selectors.workflow_handoffs(workflow=workflow)
+        return Response({"results": HandoffOutputSerializer(handoffs, many=True).data})
+
+
+class WorkflowMessageListApi(ApiView):
+    @extend_schema(
+        parameters=[OpenApiParameter("role", str, enum=[r.value for r in Role])],
+        responses=MessageOutputSerializer(many=True),
+    )
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        role = request.query_params.get("role")
+        if role and role not in Role.values:
+            raise serializers.ValidationError({"role": [f"choose from {', '.join(Role.values)}"]})
+        messages = selectors.workflow_messages(workflow=workflow, role=role)
+        return Response({"results": MessageOutputSerializer(messages, many=True).data})
+
+
+class WorkflowPhaseResultListApi(ApiView):
+    @extend_schema(responses=PhaseResultOutputSerializer(many=True))
+    def get(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        results = selectors.workflow_phase_results(workflow=workflow)
+        return Response({"results": PhaseResultOutputSerializer(results, many=True).data})
+
+
+def _int_param(
+    request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise serializers.ValidationError({name: ["must be a whole number"]}) from exc
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise serializers.ValidationError({name: [f"must be {bound}"]})
+    return value

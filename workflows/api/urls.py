@@ -1,0 +1,59 @@
+from django.urls import path
+
+from workflows.api import health, ide, resources
+
+app_name = "api"
+
+urlpatterns = [
+    # The IDE contract (DESIGN.md): exact paths, no trailing slash.
+    path("ai-workflows/initialize", ide.InitializeApi.as_view(), name="ide-initialize"),
+    path("ai-workflows/complete-phase", ide.CompletePhaseApi.as_view(), name="ide-complete-phase"),
+    path("ai-workflows/status/<str:workflow_id>", ide.StatusApi.as_view(), name="ide-status"),
+    path(
+        "ai-workflows/get-ai-prompt/<str:workflow_id>",
+        ide.GetAiPromptApi.as_view(),
+        name="ide-get-ai-prompt",
+    ),
+    # Resources.
+    path("projects/", resources.ProjectListApi.as_view(), name="project-list"),
+    path(
+        "projects/<str:project_ref>/", resources.ProjectDetailApi.as_view(), name="project-detail"
+    ),
+    path("workflows/", resources.WorkflowListApi.as_view(), name="workflow-list"),
+    path(
+        "workflows/<str:workflow_id>/",
+        resources.WorkflowDetailApi.as_view(),
+        name="workflow-detail",
+    ),
+    path(
+        "workflows/<str:workflow_id>/transitions/",
+        resources.WorkflowTransitionApi.as_view(),
+        name="workflow-transitions",
+    ),
+    path(
+        "workflows/<str:workflow_id>/cancel/",
+        resources.WorkflowCancelApi.as_view(),
+        name="workflow-cancel",
+    ),
+    path(
+        "workflows/<str:workflow_id>/events/",
+        resources.WorkflowEventListApi.as_view(),
+        name="workflow-events",
+    ),
+    path(
+        "workflows/<str:workflow_id>/handoffs/",
+        resources.WorkflowHandoffListApi.as_view(),
+        name="workflow-handoffs",
+    ),
+    path(
+        "workflows/<str:workflow_id>/messages/",
+        resources.WorkflowMessageListApi.as_view(),
+        name="workflow-messages",
+    ),
+    path(
+        "workflows/<str:workflow_id>/phase-results/",
+        resources.WorkflowPhaseResultListApi.as_view(),
+        name="workflow-phase-results",
+    ),
+    path("health/", health.HealthApi.as_view(), name="health"),
+]

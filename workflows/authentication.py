@@ -1,0 +1,45 @@
+"""API token authentication against ApiToken digests (the raw token is never stored)."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from workflows.models import ApiToken
+
+# last_used_at is bumped at most this often, so authentication stays one read.
+_LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+class ApiTokenAuthentication(BaseAuthentication):
+    """`Authorization: Token <token>` (or `Bearer <token>`)."""
+
+    keywords = (b"token", b"bearer")
+
+    def authenticate(self, request: Request) -> tuple | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() not in self.keywords:
+            return None
+        if len(parts) != 2:
+            raise AuthenticationFailed("send the header as 'Authorization: Token <your token>'")
+        try:
+            raw = parts[1].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise AuthenticationFailed("the token is not valid ASCII") from exc
+        try:
+            token = ApiToken.objects.select_related("user").get(digest=ApiToken.digest_of(raw))
+        except ApiToken.DoesNotExist as exc:
+            raise AuthenticationFailed(
+                "invalid or revoked token; create one with `manage.py topdog token create`"
+            ) from exc
+        if not token.user.is_active:
+            raise AuthenticationFailed("this user is deactivated")
+        now = timezone.now()
+        if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Token realm="api"'
