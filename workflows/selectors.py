@@ -49,7 +49,9 @@ def workflow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Workflow]:
 def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow:
     """One workflow the user may see, in one query; WorkflowNotFound otherwise."""
     try:
-        return workflow_list_for_user(user=user).get(pk=workflow_id)
+        return (
+            workflow_list_for_user(user=user).select_related("created_by").get(pk=workflow_id)
+        )
     except (Workflow.DoesNotExist, ValueError) as exc:
         raise WorkflowNotFound() from exc
 

@@ -33,13 +33,12 @@ class _Replay(Exception):
         self.record = record
 
 
-def _fingerprint(request: Request) -> str:
+def request_fingerprint(*, method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same" for a key: method, path with query, and body."""
     digest = hashlib.sha256()
-    digest.update(request.method.encode())
-    digest.update(b"\0")
-    digest.update(request.get_full_path().encode())
-    digest.update(b"\0")
-    digest.update(request._request.body)
+    for part in (method.encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
     return digest.hexdigest()
 
 
@@ -106,7 +105,11 @@ class IdempotentMixin:
                 {HEADER: [f"must be 1 to {MAX_KEY_LENGTH} printable characters"]}
             )
         record, replay = idempotency_begin(
-            user=request.user, key=key, fingerprint=_fingerprint(request)
+            user=request.user,
+            key=key,
+            fingerprint=request_fingerprint(
+                method=request.method, path=request.get_full_path(), body=request._request.body
+            ),
         )
         if replay:
             raise _Replay(record)
@@ -119,7 +122,15 @@ class IdempotentMixin:
                 status=exc.record.response_status,
                 headers={"Idempotent-Replayed": "true"},
             )
-        return super().handle_exception(exc)
+        try:
+            return super().handle_exception(exc)
+        except Exception:
+            # Unhandled: Django will answer 500 and finalize_response never runs.
+            record = getattr(self, "_idempotency_record", None)
+            if record is not None:
+                self._idempotency_record = None
+                IdempotencyKey.objects.filter(pk=record.pk).delete()
+            raise
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any

@@ -41,8 +41,11 @@ def test_full_ide_flow_reaches_complete(api, project):
 
         done = api.post(
             "/api/ai-workflows/complete-phase",
-            {"workflow_id": workflow_id, "ai_response": f"{phase} done",
-             "phase_result": evidence(phase)},
+            {
+                "workflow_id": workflow_id,
+                "ai_response": f"{phase} done",
+                "phase_result": evidence(phase),
+            },
             format="json",
         )
         assert done.status_code == 200, done.json()
@@ -71,9 +74,7 @@ def test_full_ide_flow_reaches_complete(api, project):
     assert Handoff.objects.filter(workflow_id=workflow_id, kind="forward").count() == 6
     assert PhaseResult.objects.filter(workflow_id=workflow_id).count() == 6
     assert Message.objects.filter(workflow_id=workflow_id, sender="assistant").count() == 6
-    seqs = list(
-        WorkflowEvent.objects.filter(workflow_id=workflow_id).values_list("seq", flat=True)
-    )
+    seqs = list(WorkflowEvent.objects.filter(workflow_id=workflow_id).values_list("seq", flat=True))
     assert seqs == list(range(1, len(seqs) + 1))
     assert api.post(f"/api/ai-workflows/get-ai-prompt/{workflow_id}").status_code == 409
 
@@ -182,8 +183,12 @@ def _start(api, project) -> str:
 def _complete(api, workflow_id, phase, result=None) -> dict:
     response = api.post(
         "/api/ai-workflows/complete-phase",
-        {"workflow_id": workflow_id, "ai_response": "ok", "phase_result": result or evidence(phase),
-         "phase": phase},
+        {
+            "workflow_id": workflow_id,
+            "ai_response": "ok",
+            "phase_result": result or evidence(phase),
+            "phase": phase,
+        },
         format="json",
     )
     assert response.status_code == 200, response.json()
