@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db.models import F, QuerySet
 
 from workflows.errors import ProjectNotFound, WorkflowNotFound
@@ -52,7 +53,7 @@ def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workfl
         return (
             workflow_list_for_user(user=user).select_related("created_by").get(pk=workflow_id)
         )
-    except (Workflow.DoesNotExist, ValueError) as exc:
+    except (Workflow.DoesNotExist, ValueError, ValidationError) as exc:
         raise WorkflowNotFound() from exc
 
 

@@ -49,9 +49,15 @@ def test_stranger_gets_404_on_every_workflow_endpoint_and_changes_nothing(
     assert WorkflowEvent.objects.filter(workflow=workflow).count() == 1
 
 
-def test_unknown_workflow_looks_exactly_like_a_strangers(api, project):
-    for method, url, body in _endpoints(uuid.uuid4()):
+@pytest.mark.parametrize("workflow_id", [uuid.uuid4(), "not-a-uuid"])
+def test_unknown_workflow_looks_exactly_like_a_strangers(api, project, workflow_id):
+    for method, url, body in _endpoints(workflow_id):
         response = getattr(api, method)(url, body, format="json")
+        if body and "workflow_id" in body and workflow_id == "not-a-uuid":
+            # a malformed id in a body is a field error, not a lookup
+            assert response.status_code == 400
+            assert "workflow_id" in response.json()["errors"]
+            continue
         assert response.status_code == 404, (method, url)
         assert response.json() == {"detail": "workflow not found"}
 
