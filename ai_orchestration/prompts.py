@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.db.models import Max
 
+from ai_orchestration.default_prompts import DEFAULT_PROMPTS
 from ai_orchestration.models import PromptTemplate
 from workflows.evidence import evidence_example
 
@@ -17,8 +18,13 @@ if TYPE_CHECKING:
 
 
 def prompt_template_active(*, role: str) -> PromptTemplate:
-    """The active template of `role`."""
-    return PromptTemplate.objects.get(role=role, active=True)
+    """The active template of `role`; the shipped default is restored if none is active."""
+    template = PromptTemplate.objects.filter(role=role, active=True).first()
+    if template is None:
+        template = prompt_template_publish(
+            role=role, body=DEFAULT_PROMPTS[role], actor=None, note="shipped default (restored)"
+        )
+    return template
 
 
 def prompt_render(*, body: str, workflow: "Workflow", role: str, state: str) -> str:

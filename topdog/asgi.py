@@ -14,9 +14,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "topdog.settings")
 # Set Django up before importing anything that touches models (consumers, routing).
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from topdog.ws_auth import TokenAuthMiddleware, origin_checked  # noqa: E402
+from workflows.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = (
     ASGIStaticFilesHandler(django_asgi_app) if settings.TOPDOG_SERVE_STATIC else django_asgi_app
@@ -25,5 +29,10 @@ http_app = (
 application = ProtocolTypeRouter(
     {
         "http": http_app,
+        # Origin must match ALLOWED_HOSTS (a missing Origin, as from non-browser clients,
+        # is let through); then session cookie or API token decides who is connecting.
+        "websocket": origin_checked(
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

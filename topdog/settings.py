@@ -243,3 +243,9 @@ TOPDOG_ADMIN_PASSWORD = env_str("TOPDOG_ADMIN_PASSWORD")
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 LOCAL_LLM_BASE_URL = env_str("LOCAL_LLM_BASE_URL")
+
+# --- Websockets -----------------------------------------------------------------------
+# Seconds between heartbeat frames (each also recovers a dropped last event).
+TOPDOG_WS_HEARTBEAT_SECONDS = env_int("TOPDOG_WS_HEARTBEAT_SECONDS", 20)
+# A client further behind than this many events is told to resync instead of replayed.
+TOPDOG_WS_REPLAY_LIMIT = env_int("TOPDOG_WS_REPLAY_LIMIT", 5000)

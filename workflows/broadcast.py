@@ -32,6 +32,25 @@ def event_frame(event: Any) -> dict:
     }
 
 
+def workflow_summary(workflow: Any) -> dict:
+    """What a dashboard card shows of a workflow."""
+    return {
+        "id": str(workflow.id),
+        "title": workflow.title,
+        "project": workflow.project.slug,
+        "state": workflow.state,
+        "current_role": workflow.current_role,
+        "awaiting_approval": workflow.awaiting_approval,
+        "regression_count": workflow.regression_count,
+        "progress": workflow.progress(),
+        "last_seq": workflow.last_event_seq,
+        "input_tokens": workflow.input_tokens,
+        "output_tokens": workflow.output_tokens,
+        "cost_usd": str(workflow.cost_usd),
+        "updated_at": workflow.updated_at.isoformat() if workflow.updated_at else None,
+    }
+
+
 def workflow_event_broadcast(*, event: Any) -> None:
     """Send one committed event to its workflow's group and its project's dashboard group."""
     workflow_events_broadcast(events=[event])
@@ -49,11 +68,15 @@ def workflow_events_broadcast(*, events: list[Any]) -> None:
 
 
 async def _send_all(layer: Any, events: list[Any]) -> None:
+    # All events of one call belong to one committed change of one workflow, whose
+    # in-memory object is the state after commit: one summary serves them all.
+    summary = workflow_summary(events[-1].workflow)
     for event in events:
         frame = event_frame(event)
         await layer.group_send(
             workflow_group(event.workflow_id), {"type": "workflow.event", "frame": frame}
         )
         await layer.group_send(
-            project_group(event.workflow.project_id), {"type": "dashboard.event", "frame": frame}
+            project_group(event.workflow.project_id),
+            {"type": "dashboard.event", "frame": frame, "summary": summary},
         )

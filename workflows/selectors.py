@@ -7,6 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db.models import F, QuerySet
 
+from workflows.broadcast import event_frame, workflow_summary
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
     Handoff,
@@ -50,9 +51,7 @@ def workflow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Workflow]:
 def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow:
     """One workflow the user may see, in one query; WorkflowNotFound otherwise."""
     try:
-        return (
-            workflow_list_for_user(user=user).select_related("created_by").get(pk=workflow_id)
-        )
+        return workflow_list_for_user(user=user).select_related("created_by").get(pk=workflow_id)
     except (Workflow.DoesNotExist, ValueError, ValidationError) as exc:
         raise WorkflowNotFound() from exc
 
@@ -78,3 +77,30 @@ def workflow_phase_results(*, workflow: Workflow) -> QuerySet[PhaseResult]:
 
 def role_context_get(*, workflow: Workflow, role: str) -> RoleContext:
     return RoleContext.objects.get(workflow=workflow, role=role)
+
+
+def workflow_event_frames(
+    *, workflow_id: Any, after: int, up_to: int | None, limit: int
+) -> tuple[list[dict], bool]:
+    """Websocket frames of events after `after` (to `up_to`), and whether more than `limit`."""
+    queryset = WorkflowEvent.objects.filter(workflow_id=workflow_id, seq__gt=after)
+    if up_to is not None:
+        queryset = queryset.filter(seq__lte=up_to)
+    events = list(queryset.order_by("seq")[: limit + 1])
+    if len(events) > limit:
+        return [], True
+    return [event_frame(event) for event in events], False
+
+
+DASHBOARD_SNAPSHOT_SIZE = 500
+
+
+def dashboard_snapshot(*, user: AbstractBaseUser) -> tuple[list[Any], list[dict]]:
+    """The user's project ids and summaries of their most recent workflows."""
+    project_ids = list(Project.objects.filter(memberships__user=user).values_list("id", flat=True))
+    workflows = (
+        Workflow.objects.filter(project_id__in=project_ids)
+        .select_related("project")
+        .order_by("-created_at", "-id")[:DASHBOARD_SNAPSHOT_SIZE]
+    )
+    return project_ids, [workflow_summary(workflow) for workflow in workflows]

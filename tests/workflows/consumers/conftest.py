@@ -1,0 +1,40 @@
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+
+from tests.factories import api_token_for, evidence
+from topdog.asgi import application
+from workflows.services import Actor, workflow_phase_complete
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own layer instance (the in-memory one keeps groups in memory)."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+def communicator(path: str, token: str | None = None, origin: str | None = None):
+    headers = []
+    if token:
+        headers.append((b"authorization", f"Token {token}".encode()))
+    if origin:
+        headers.append((b"origin", origin.encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+@pytest.fixture
+def token(user):
+    return api_token_for(user)
+
+
+complete = database_sync_to_async(
+    lambda workflow, user, phase: workflow_phase_complete(
+        workflow_id=workflow.id,
+        ai_response="ok",
+        result=evidence(phase),
+        actor=Actor.of(user),
+    )
+)
