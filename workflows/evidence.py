@@ -42,6 +42,10 @@ def validate_repo_path(path: str) -> str:
 
 
 class RepoPathField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
     def to_internal_value(self, data: Any) -> str:
         return validate_repo_path(super().to_internal_value(data))
 

@@ -318,6 +318,7 @@ class PhaseResult(models.Model):
         ACCEPTED = "accepted"
         PENDING_APPROVAL = "pending_approval"
         REJECTED = "rejected"
+        WITHDRAWN = "withdrawn"  # pending when the workflow was cancelled or failed
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="phase_results")
     phase = models.CharField(max_length=20, choices=State.choices)

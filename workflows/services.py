@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import F
 
@@ -91,7 +92,7 @@ def _lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
         )
     try:
         workflow = queryset.get(pk=workflow_id)
-    except (Workflow.DoesNotExist, ValueError) as exc:
+    except (Workflow.DoesNotExist, ValueError, DjangoValidationError) as exc:
         raise WorkflowNotFound() from exc
     return workflow, getattr(workflow, "member_role", None)
 
@@ -565,6 +566,10 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
         workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
         _check(workflow, member_role, wanted)
         previous, role = workflow.state, workflow.current_role
+        if workflow.awaiting_approval:
+            PhaseResult.objects.filter(
+                workflow=workflow, status=PhaseResult.Status.PENDING_APPROVAL
+            ).update(status=PhaseResult.Status.WITHDRAWN)
         if wanted == Transition.CANCEL:
             workflow.cancel(reason=reason)
             kind = HandoffKind.CANCEL
