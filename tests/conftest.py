@@ -1,6 +1,6 @@
 import pytest
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_token_for
@@ -53,3 +53,14 @@ def stranger_api(stranger):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(stranger)}")
     return client
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Close pooled connections before the test database is dropped (else DROP fails)."""
+    yield
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            conn.close()
+            if getattr(conn, "pool", None) is not None:
+                conn.close_pool()

@@ -7,6 +7,7 @@ task backend with a worker started by `manage.py serve`, and the offline AI prov
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 from django.core.management.utils import get_random_secret_key
@@ -114,13 +115,25 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channels and cache ---------------------------------------------------------------
+
+
+def _next_redis_db(url: str) -> str:
+    """`url` with the database index after its own (redis://h:6379/0 -> redis://h:6379/1)."""
+    parts = urlsplit(url)
+    index = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{index + 1}"))
+
+
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 times socket reads out after 5 s by default, the same 5 s that
+                # channels-redis blocks in BZPOPMIN; a longer read timeout keeps idle
+                # consumers from crashing while a dead Redis is still noticed.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
                 "expiry": 60,
             },
@@ -129,7 +142,9 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
+            # Never the channel layer's database: clearing the cache is a FLUSHDB, which
+            # would drop every group membership of every connected websocket.
+            "LOCATION": env_str("CACHE_URL") or _next_redis_db(REDIS_URL),
             "KEY_PREFIX": "topdog",
         }
     }
@@ -149,7 +164,8 @@ TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
 
 # --- HTTP limits ----------------------------------------------------------------------
 # Request bodies above this many bytes are answered 413 before any view runs.

@@ -1,0 +1,174 @@
+"""The dashboard in headless Chromium against a live daphne server.
+
+Everything that should show up live is caused over HTTP against the live server (the
+IDE's own API calls), so it flows through that server's channel layer to the browser's
+websockets exactly as in production. The database rows the test needs exist before the
+browser starts: Playwright's sync API keeps an event loop running in this thread, where
+Django refuses ORM calls.
+"""
+
+import pytest
+
+from tests.factories import MembershipFactory, ProjectFactory, api_token_for, evidence
+from tests.workflows.web.conftest import ARTIFACTS
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt"
+)
+expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LIVE = 10_000  # ms to wait for something pushed over a websocket
+PHASES = ("DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION", "DEPLOYMENT")
+
+
+class Ide:
+    """The IDE's side: the HTTP API of the live server, with an API token."""
+
+    def __init__(self, request_context):
+        self.http = request_context
+
+    def post(self, path: str, body: dict | None = None) -> dict:
+        response = self.http.post(path, data=body or {})
+        assert response.ok, f"POST {path}: {response.status} {response.text()}"
+        return response.json()
+
+    def open(self, project: str, description: str) -> str:
+        body = {"project_id": project, "requirements": {"description": description}}
+        return self.post("/api/ai-workflows/initialize", body)["workflow_id"]
+
+    def complete(self, workflow_id: str, phase: str, **overrides) -> dict:
+        body = {
+            "workflow_id": workflow_id,
+            "ai_response": f"{phase.title()} finished.",
+            "phase_result": evidence(phase, **overrides),
+            "phase": phase,
+        }
+        return self.post("/api/ai-workflows/complete-phase", body)
+
+
+def card(page, column: str, workflow_id: str):
+    return page.locator(f'[data-column="{column}"] [data-workflow-id="{workflow_id}"]')
+
+
+def test_board_moves_cards_live_and_workflow_page_shows_the_handoff(
+    live_server_url, chromium_path, user, project
+):
+    # given: alice's project "demo", a gated project "billing", and an API token
+    billing = ProjectFactory(slug="billing", name="Billing", approval_gates=["PLANNING"])
+    MembershipFactory(project=billing, user=user)
+    token = api_token_for(user)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        ide = Ide(
+            playwright.request.new_context(
+                base_url=live_server_url, extra_http_headers={"Authorization": f"Token {token}"}
+            )
+        )
+        try:
+            context = browser.new_context(
+                base_url=live_server_url, viewport={"width": 1440, "height": 900}
+            )
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+            # when: alice signs in
+            page.goto("/accounts/login/?next=/dashboard/")
+            page.get_by_label("Username").fill("alice")
+            page.get_by_label("Password").fill("pw-for-tests-1")
+            page.get_by_role("button", name="Sign in").click()
+            # then: she is on the board, connected live
+            expect(page).to_have_url(f"{live_server_url}/dashboard/")
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+            page.evaluate("window.__sameDocument = true")
+
+            # when: the IDE opens a workflow -> its card appears in DISCOVERY
+            workflow_id = ide.open("demo", "Add dark mode to settings")
+            first = card(page, "DISCOVERY", workflow_id)
+            expect(first).to_be_visible(timeout=LIVE)
+            expect(first).to_contain_text("Add dark mode to settings")
+            expect(first).to_contain_text("demo")
+            expect(first).to_contain_text("Q Assistant")
+
+            # when: the IDE completes DISCOVERY -> the card moves to PLANNING, no reload
+            assert ide.complete(workflow_id, "DISCOVERY")["new_state"] == "PLANNING"
+            expect(card(page, "PLANNING", workflow_id)).to_be_visible(timeout=LIVE)
+            expect(card(page, "DISCOVERY", workflow_id)).to_have_count(0)
+            assert page.evaluate("window.__sameDocument") is True
+
+            # and: a board with a card in most columns, for the screenshot
+            _populate(ide)
+            expect(page.locator('[data-column="DONE"] .card')).to_have_count(2, timeout=LIVE)
+            expect(page.locator('[data-column="DONE"] .badge-complete')).to_have_count(1)
+            expect(page.locator('[data-column="DONE"] .badge-cancelled')).to_have_count(1)
+            expect(page.locator('[data-column="PLANNING"] .badge-approval')).to_have_count(
+                1, timeout=LIVE
+            )
+            expect(page.locator('[data-column="IMPLEMENTATION"] .badge-regression')).to_have_count(
+                1, timeout=LIVE
+            )
+            expect(page.locator("#board-total")).to_have_text("(5)", timeout=LIVE)
+            _screenshot(page, "dashboard-board.png")
+
+            # when: alice opens the first workflow
+            card(page, "PLANNING", workflow_id).locator("a.card-title").click()
+            expect(page).to_have_url(f"{live_server_url}/dashboard/workflows/{workflow_id}/")
+            timeline = page.get_by_test_id("timeline")
+            # then: the handoff is in the timeline
+            expect(timeline.get_by_test_id("handoff")).to_have_count(1)
+            expect(timeline).to_contain_text("Handoff Discovery → Planning")
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+            page.evaluate("window.__sameDocument = true")
+
+            # when: the next phase completes, the page follows without a reload
+            ide.complete(workflow_id, "PLANNING")
+            expect(timeline).to_contain_text("Handoff Planning → Implementation", timeout=LIVE)
+            expect(timeline.get_by_test_id("handoff")).to_have_count(2)
+            expect(page.get_by_test_id("workflow-state")).to_have_text("Implementation")
+            assert page.evaluate("window.__sameDocument") is True
+            _screenshot(page, "dashboard-workflow.png")
+
+            assert errors == []
+        finally:
+            ide.http.dispose()
+            browser.close()
+
+
+def _screenshot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True, animations="disabled")
+
+
+def _populate(ide: Ide) -> None:
+    """A shipped workflow, a cancelled one, one waiting for approval, one sent back."""
+    shipped = ide.open("demo", "Audit log for admin actions")
+    for phase in PHASES:
+        ide.complete(shipped, phase)
+    cancelled = ide.open("demo", "Rate limit the public API")
+    ide.post(f"/api/workflows/{cancelled}/cancel/", {"reason": "superseded by gateway limits"})
+    gated = ide.open("billing", "Monthly invoices as PDF")
+    ide.complete(gated, "DISCOVERY")
+    ide.complete(gated, "PLANNING")
+    regressed = ide.open("demo", "Export reports as CSV")
+    for phase in ("DISCOVERY", "PLANNING", "IMPLEMENTATION"):
+        ide.complete(regressed, phase)
+    ide.complete(
+        regressed,
+        "TESTING",
+        verdict="fail",
+        quality_score=0.4,
+        findings=[{"severity": "major", "message": "CSV header misses the VAT column"}],
+    )

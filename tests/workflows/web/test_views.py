@@ -1,0 +1,229 @@
+"""The dashboard pages through Django's test client: access, scoping, content, queries."""
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.conf import settings
+
+from tests.factories import MembershipFactory, ProjectFactory, UserFactory, evidence, workflow_for
+from workflows.models import Workflow
+from workflows.services import Actor, workflow_phase_complete
+from workflows.web.selectors import workflow_record_get
+
+pytestmark = pytest.mark.django_db
+
+
+def complete(workflow, user, phase, **overrides):
+    return workflow_phase_complete(
+        workflow_id=workflow.id,
+        ai_response=f"{phase} done",
+        result=evidence(phase, **overrides),
+        actor=Actor.of(user),
+    )
+
+
+def page_url(workflow) -> str:
+    return f"/dashboard/workflows/{workflow.id}/"
+
+
+@pytest.fixture
+def browser(client, user):
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def regressed(project, user):
+    """A workflow that went forward to TESTING, failed its tests and went back."""
+    workflow = workflow_for(project, user, description="Export invoices as CSV")
+    for phase in ("DISCOVERY", "PLANNING", "IMPLEMENTATION"):
+        complete(workflow, user, phase)
+    complete(
+        workflow,
+        user,
+        "TESTING",
+        verdict="fail",
+        quality_score=0.3,
+        findings=[
+            {"severity": "major", "message": "CSV header misses the VAT column", "path": "a.py"}
+        ],
+    )
+    Workflow.objects.filter(pk=workflow.pk).update(
+        input_tokens=12345, output_tokens=678, cost_usd=Decimal("0.4321")
+    )
+    return workflow
+
+
+@pytest.mark.parametrize("path", ["/dashboard/", f"/dashboard/workflows/{uuid.uuid4()}/"])
+def test_pages_send_anonymous_visitors_to_sign_in(client, path):
+    response = client.get(path)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(settings.LOGIN_URL)
+    assert "next=" in response["Location"]
+
+
+def test_root_redirects_to_the_board(client):
+    response = client.get("/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/dashboard/"
+
+
+def test_sign_in_page_logs_in_and_lands_on_the_board(client, user):
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    assert b'name="username"' in page.content
+    # with no ?next= the form still sends the user to the board, whatever
+    # LOGIN_REDIRECT_URL says
+    assert b'name="next" value="/dashboard/"' in page.content
+
+    response = client.post(
+        "/accounts/login/",
+        {"username": "alice", "password": "pw-for-tests-1", "next": "/dashboard/"},
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == "/dashboard/"
+    assert client.get("/dashboard/").status_code == 200
+
+
+def test_board_embeds_only_the_users_workflows(browser, project, user):
+    mine = workflow_for(project, user, description="Mine to see")
+    other = ProjectFactory(slug="elsewhere")
+    MembershipFactory(project=other, user=UserFactory(username="bob"))
+    workflow_for(other, other.members.get(), description="Not for alice")
+
+    response = browser.get("/dashboard/")
+
+    assert response.status_code == 200
+    snapshot = json.loads(_embedded(response))
+    assert [summary["id"] for summary in snapshot] == [str(mine.id)]
+    html = response.content.decode()
+    for column in ("DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION"):
+        assert f'data-column="{column}"' in html
+    assert 'data-column="DONE"' in html
+    assert "dashboard/board.js" in html
+
+
+def _embedded(response) -> str:
+    html = response.content.decode()
+    start = html.index('<script id="board-snapshot" type="application/json">')
+    start = html.index(">", start) + 1
+    return html[start : html.index("</script>", start)]
+
+
+def test_another_projects_workflow_is_404(browser, stranger):
+    other = ProjectFactory(slug="theirs")
+    MembershipFactory(project=other, user=stranger)
+    theirs = workflow_for(other, stranger)
+
+    assert browser.get(page_url(theirs)).status_code == 404
+    assert browser.get(f"/dashboard/workflows/{uuid.uuid4()}/").status_code == 404
+    assert browser.get("/dashboard/workflows/not-a-uuid/").status_code == 404
+
+
+def test_workflow_page_shows_timeline_evidence_regressions_and_totals(browser, regressed):
+    response = browser.get(page_url(regressed))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    # the timeline: every handoff, newest first, with its feedback
+    assert "Handoff Discovery → Planning" in html
+    assert "Handoff Implementation → Testing" in html
+    assert "Regression Testing → Implementation" in html
+    assert html.index("Regression Testing → Implementation") < html.index(
+        "Handoff Discovery → Planning"
+    )
+    # the regression with the findings as feedback for the next role
+    assert "CSV header misses the VAT column" in html
+    assert "1 of 3 regressions used" in html
+    # evidence of each phase: requirements, plan, change set, test report
+    assert "What must be true" in html
+    assert "src/app.py" in html
+    assert "quality score <strong>0.30</strong>" in html
+    # the conversation per role
+    assert 'id="conversation-q_assistant"' in html
+    assert 'id="conversation-test_auditor"' in html
+    assert "TESTING done" in html
+    # token and cost totals
+    assert "12345" in html and "678" in html and "13023" in html
+    assert "$0.4321" in html
+    # the live stream resumes after the last rendered event
+    last_seq = Workflow.objects.get(pk=regressed.pk).last_event_seq
+    assert f'data-last-seq="{last_seq}"' in html
+
+
+def test_workflow_page_escapes_user_text(browser, project, user):
+    workflow = workflow_for(project, user, description="<script>alert(1)</script> in title")
+
+    html = browser.get(page_url(workflow)).content.decode()
+
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_workflow_page_marks_awaiting_approval(browser, project, user):
+    project.approval_gates = ["DISCOVERY"]
+    project.save()
+    workflow = workflow_for(project, user)
+    complete(workflow, user, "DISCOVERY")
+
+    html = browser.get(page_url(workflow)).content.decode()
+
+    assert "Awaiting approval" in html
+    assert "waits for approval" in html
+
+
+@pytest.mark.parametrize("loops", [0, 2])
+def test_workflow_page_query_count_does_not_grow_with_history(
+    browser, project, user, loops, django_assert_max_num_queries
+):
+    """Session + user for the login, the workflow, then one query per section."""
+    project.regression_limit = 5
+    project.save()
+    workflow = workflow_for(project, user)
+    for phase in ("DISCOVERY", "PLANNING", "IMPLEMENTATION"):
+        complete(workflow, user, phase)
+    for _ in range(loops):
+        complete(
+            workflow,
+            user,
+            "TESTING",
+            verdict="fail",
+            quality_score=0.2,
+            findings=[{"severity": "minor", "message": "again"}],
+        )
+        complete(workflow, user, "IMPLEMENTATION")
+
+    with django_assert_max_num_queries(8):
+        response = browser.get(page_url(workflow))
+
+    assert response.status_code == 200
+    assert response.content.decode().count('data-testid="handoff"') == 3 + 2 * loops
+
+
+def test_board_query_count_does_not_grow_with_workflows(
+    browser, project, user, django_assert_max_num_queries
+):
+    for n in range(6):
+        workflow_for(project, user, description=f"feature {n}")
+
+    with django_assert_max_num_queries(4):
+        response = browser.get("/dashboard/")
+
+    assert response.status_code == 200
+    assert len(response.context["summaries"]) == 6
+
+
+def test_workflow_record_is_six_queries_whatever_the_history(
+    regressed, user, django_assert_num_queries
+):
+    with django_assert_num_queries(6):
+        record = workflow_record_get(user=user, workflow_id=regressed.id)
+
+    assert [h.kind for h in record.handoffs] == ["forward", "forward", "forward", "regression"]
+    assert len(record.events) == record.workflow.last_event_seq
+    assert {c.role for c in record.role_contexts} >= {"Q_ASSISTANT", "TEST_AUDITOR"}

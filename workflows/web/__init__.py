@@ -1,0 +1,1 @@
+"""The browser dashboard: server-rendered pages that follow workflows live over websockets."""
