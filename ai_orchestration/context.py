@@ -29,6 +29,8 @@ class PromptRequest:
     prompt_version: str = ""
     estimated_input_tokens: int = 0
     dropped_messages: int = 0
+    # Feedback of the handoff that sent the work back, when the latest one did.
+    feedback: str = ""
 
     def as_payload(self) -> dict:
         return {
@@ -94,7 +96,15 @@ def prompt_request_build(
         prompt_version=role_context.prompt_version,
         estimated_input_tokens=used,
         dropped_messages=len(history) - len(kept),
+        feedback=_latest_feedback(handoffs),
     )
+
+
+def _latest_feedback(handoffs: list[Handoff]) -> str:
+    latest = handoffs[-1] if handoffs else None
+    if latest is not None and latest.kind in (HandoffKind.REGRESSION, HandoffKind.REJECTION):
+        return latest.feedback
+    return ""
 
 
 def _cost(message: dict) -> int:

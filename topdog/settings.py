@@ -5,6 +5,7 @@ service runs on its embedded default: SQLite, the in-memory channel layer, the d
 task backend with a worker started by `manage.py serve`, and the offline AI provider.
 """
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -259,9 +260,52 @@ TOPDOG_ADMIN_PASSWORD = env_str("TOPDOG_ADMIN_PASSWORD")
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 LOCAL_LLM_BASE_URL = env_str("LOCAL_LLM_BASE_URL")
+# Adapters by name, loaded with import_string; the keys are what TOPDOG_MODELS refer to.
+TOPDOG_PROVIDERS = {
+    "openai": {
+        "class": "ai_orchestration.providers.openai.OpenAIProvider",
+        "api_key": OPENAI_API_KEY,
+        "base_url": env_str("OPENAI_BASE_URL"),
+        "timeout": env_int("TOPDOG_LLM_TIMEOUT_SECONDS", 120),
+    },
+    "anthropic": {
+        "class": "ai_orchestration.providers.anthropic.AnthropicProvider",
+        "api_key": ANTHROPIC_API_KEY,
+        "base_url": env_str("ANTHROPIC_BASE_URL"),
+        "timeout": env_int("TOPDOG_LLM_TIMEOUT_SECONDS", 120),
+    },
+    "local": {
+        "class": "ai_orchestration.providers.local.LocalProvider",
+        "api_key": env_str("LOCAL_LLM_API_KEY"),
+        "base_url": LOCAL_LLM_BASE_URL,
+        "timeout": env_int("TOPDOG_LLM_TIMEOUT_SECONDS", 120),
+    },
+    "offline": {
+        "class": "ai_orchestration.providers.offline.OfflineProvider",
+        "delay_ms": env_int("TOPDOG_OFFLINE_DELAY_MS", 0),
+    },
+}
+# One overall deadline per model call, across all its retries.
+TOPDOG_LLM_DEADLINE_SECONDS = env_int("TOPDOG_LLM_DEADLINE_SECONDS", 300)
 
 # --- Websockets -----------------------------------------------------------------------
 # Seconds between heartbeat frames (each also recovers a dropped last event).
 TOPDOG_WS_HEARTBEAT_SECONDS = env_int("TOPDOG_WS_HEARTBEAT_SECONDS", 20)
 # A client further behind than this many events is told to resync instead of replayed.
 TOPDOG_WS_REPLAY_LIMIT = env_int("TOPDOG_WS_REPLAY_LIMIT", 5000)
+
+# --- Autopilot ------------------------------------------------------------------------
+# USD per million tokens (input, output) by model; local and offline models cost 0.
+# Override with TOPDOG_PRICES_JSON='{"model": [input, output], ...}'.
+TOPDOG_PRICES = {
+    "gpt-4o": [2.5, 10.0],
+    "gpt-4o-mini": [0.15, 0.6],
+    "claude-sonnet-4-5": [3.0, 15.0],
+    **json.loads(env_str("TOPDOG_PRICES_JSON") or "{}"),
+}
+# A running autopilot step renews its lease every heartbeat; a run whose lease has
+# expired (its worker died) is picked up again, at most TOPDOG_AUTOPILOT_MAX_EXECUTIONS
+# times in all.
+TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = env_int("TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS", 5)
+TOPDOG_AUTOPILOT_LEASE_SECONDS = env_int("TOPDOG_AUTOPILOT_LEASE_SECONDS", 30)
+TOPDOG_AUTOPILOT_MAX_EXECUTIONS = env_int("TOPDOG_AUTOPILOT_MAX_EXECUTIONS", 3)

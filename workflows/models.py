@@ -43,6 +43,24 @@ class Project(models.Model):
     regression_limit = models.PositiveSmallIntegerField(
         default=3, help_text="Regressions a workflow may take; the next one fails it."
     )
+    quality_threshold = models.FloatField(
+        default=0.0,
+        help_text="A TESTING quality score or VERIFICATION score below this sends the work "
+        "back to IMPLEMENTATION (0 turns the check off).",
+    )
+    budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Per-workflow spending cap for the autopilot; empty means no cap.",
+    )
+    role_models = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Model per role, e.g. {"CODE_WRITER": "CLAUDE"}; others use the '
+        "workflow's model.",
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -60,6 +78,20 @@ class Project(models.Model):
             raise ValidationError(
                 {"approval_gates": f"unknown phases {unknown}; choose from {list(PHASES)}"}
             )
+        if not 0.0 <= self.quality_threshold <= 1.0:
+            raise ValidationError({"quality_threshold": "must be between 0 and 1"})
+        bad_roles = [role for role in self.role_models or {} if role not in Role.values]
+        if bad_roles:
+            raise ValidationError({"role_models": f"unknown roles {bad_roles}"})
+        models_known = set(settings.TOPDOG_MODELS)
+        bad_models = [m for m in (self.role_models or {}).values() if m not in models_known]
+        if bad_models:
+            raise ValidationError(
+                {"role_models": f"unknown models {bad_models}; choose from {sorted(models_known)}"}
+            )
+
+    def model_for(self, role: str, default: str) -> str:
+        return (self.role_models or {}).get(role) or default
 
     def has_gate(self, phase: str) -> bool:
         return phase in (self.approval_gates or [])
@@ -300,6 +332,7 @@ class Message(models.Model):
     provider = models.CharField(max_length=40, blank=True)
     model = models.CharField(max_length=100, blank=True)
     prompt_version = models.CharField(max_length=64, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

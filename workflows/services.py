@@ -9,6 +9,7 @@ Either all of that commits or none of it does.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -73,6 +74,18 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class CallUsage:
+    """What a model call that produced a phase result cost (recorded on its Message)."""
+
+    provider: str = ""
+    model: str = ""
+    prompt_version: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
 class TransitionOutcome:
     workflow: Workflow
     previous_state: str
@@ -83,7 +96,7 @@ class TransitionOutcome:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
+def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
     """The workflow row, locked, and the actor's project role (None for system actors)."""
     queryset = Workflow.objects.select_for_update(of=("self",)).select_related("project")
     if actor.user is not None:
@@ -117,7 +130,8 @@ def available_transitions(workflow: Workflow, member_role: str | None) -> list[s
     ]
 
 
-def _check(workflow: Workflow, member_role: str | None, wanted: str) -> None:
+def transition_check(workflow: Workflow, member_role: str | None, wanted: str) -> None:
+    """Raise unless `member_role` may ask for `wanted` and the state allows it now."""
     if member_role is not None and member_role not in TRANSITION_MEMBER_ROLES[wanted]:
         allowed = sorted(r.value for r in MemberRole if r in TRANSITION_MEMBER_ROLES[wanted])
         raise ActionForbidden(
@@ -204,9 +218,10 @@ def _role_context_enter(workflow: Workflow) -> None:
     if workflow.current_role is None:
         return
     template = prompt_template_active(role=workflow.current_role)
+    model_name = workflow.project.model_for(workflow.current_role, workflow.model_name)
     model_settings = {
-        "model_name": workflow.model_name,
-        **settings.TOPDOG_MODELS[workflow.model_name],
+        "model_name": model_name,
+        **settings.TOPDOG_MODELS[model_name],
         "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
         "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
     }
@@ -319,6 +334,7 @@ def workflow_phase_complete(
     result: Any,
     actor: Actor,
     expected_state: str | None = None,
+    usage: CallUsage | None = None,
 ) -> TransitionOutcome:
     """Store the current phase's evidence and move on: forward, to a gate, or back.
 
@@ -328,7 +344,7 @@ def workflow_phase_complete(
     validation error.
     """
     with transaction.atomic():
-        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
         if expected_state is not None and expected_state != workflow.state:
             allowed = available_transitions(workflow, member_role)
             raise TransitionConflict(
@@ -337,11 +353,13 @@ def workflow_phase_complete(
                 current_state=workflow.state,
                 allowed=allowed,
             )
-        _check(workflow, member_role, Transition.COMPLETE)
+        transition_check(workflow, member_role, Transition.COMPLETE)
         phase, role = workflow.state, workflow.current_role
         evidence = evidence_validate(phase=phase, data=result)
 
-        regress_to, feedback = _regression_asked(phase, evidence)
+        regress_to, feedback = _regression_asked(
+            phase, evidence, workflow.project.quality_threshold
+        )
         gated = regress_to is None and workflow.project.has_gate(phase)
         attempt = PhaseResult.objects.filter(workflow=workflow, phase=phase).count() + 1
         phase_result = PhaseResult.objects.create(
@@ -355,14 +373,24 @@ def workflow_phase_complete(
             content_hash=sha256_text(canonical_json(evidence)),
             created_by=actor.user,
         )
-        Message.objects.create(
+        usage = usage or CallUsage()
+        message = Message.objects.create(
             workflow=workflow,
             seq=workflow.next_message_seq(),
             role=role,
             sender=Sender.ASSISTANT,
             phase=phase,
             content=ai_response or canonical_json(evidence),
+            provider=usage.provider,
+            model=usage.model,
+            prompt_version=usage.prompt_version,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
         )
+        workflow.input_tokens += usage.input_tokens
+        workflow.output_tokens += usage.output_tokens
+        workflow.cost_usd += usage.cost_usd
         events = [
             _event(
                 workflow,
@@ -375,6 +403,14 @@ def workflow_phase_complete(
                     "phase_result_id": phase_result.pk,
                     "status": phase_result.status,
                     "content_hash": phase_result.content_hash,
+                    "message_seq": message.seq,
+                    "usage": {
+                        "provider": usage.provider,
+                        "model": usage.model,
+                        "input_tokens": usage.input_tokens,
+                        "output_tokens": usage.output_tokens,
+                        "cost_usd": str(usage.cost_usd),
+                    },
                 },
             )
         ]
@@ -418,12 +454,29 @@ def workflow_phase_complete(
     return TransitionOutcome(workflow, phase, handoff, phase_result)
 
 
-def _regression_asked(phase: str, evidence: dict) -> tuple[str | None, str]:
-    if phase == State.TESTING and evidence["verdict"] == "fail":
-        return State.IMPLEMENTATION, findings_feedback(evidence["findings"])
-    if phase == State.VERIFICATION and evidence["verdict"] == "reject":
-        return evidence["regress_to"], findings_feedback(evidence["findings"])
+def _regression_asked(phase: str, evidence: dict, threshold: float) -> tuple[str | None, str]:
+    """Where the evidence sends the work back to (and the feedback), or (None, "")."""
+    if phase == State.TESTING:
+        if evidence["verdict"] == "fail":
+            return State.IMPLEMENTATION, findings_feedback(evidence["findings"])
+        if evidence["quality_score"] < threshold:
+            return State.IMPLEMENTATION, _below_threshold(
+                "quality score", evidence["quality_score"], threshold, evidence["findings"]
+            )
+    if phase == State.VERIFICATION:
+        if evidence["verdict"] == "reject":
+            return evidence["regress_to"], findings_feedback(evidence["findings"])
+        if evidence["score"] < threshold:
+            return State.IMPLEMENTATION, _below_threshold(
+                "verification score", evidence["score"], threshold, evidence["findings"]
+            )
     return None, ""
+
+
+def _below_threshold(what: str, score: float, threshold: float, findings: list[dict]) -> str:
+    head = f"- [major] {what} {score:.2f} is below the project's threshold {threshold:.2f}"
+    rest = findings_feedback(findings)
+    return f"{head}\n{rest}" if rest else head
 
 
 def _regress(
@@ -473,8 +526,8 @@ def workflow_regress(
 ) -> TransitionOutcome:
     """Send the work back from TESTING or VERIFICATION, with feedback for the next role."""
     with transaction.atomic():
-        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
-        _check(workflow, member_role, Transition.REGRESS)
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        transition_check(workflow, member_role, Transition.REGRESS)
         targets = REGRESSION_TARGETS[workflow.state]
         target = target or targets[0]
         if target not in targets:
@@ -494,8 +547,8 @@ def workflow_regress(
 def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> TransitionOutcome:
     """Let a gated phase's stored result through to the next phase."""
     with transaction.atomic():
-        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
-        _check(workflow, member_role, Transition.APPROVE)
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        transition_check(workflow, member_role, Transition.APPROVE)
         previous, role = workflow.state, workflow.current_role
         pending = _pending_result(workflow)
         pending.status = PhaseResult.Status.ACCEPTED
@@ -513,14 +566,21 @@ def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> Tr
         )
         _role_context_enter(workflow)
         _save(workflow, [event], handoff)
+        transaction.on_commit(partial(_autopilot_resume, workflow.id), robust=True)
     return TransitionOutcome(workflow, previous, handoff, pending)
+
+
+def _autopilot_resume(workflow_id: Any) -> None:
+    from ai_orchestration.autopilot import autopilot_resume_after_approval
+
+    autopilot_resume_after_approval(workflow_id=workflow_id)
 
 
 def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> TransitionOutcome:
     """Turn down a gated phase's result; the same role redoes the phase with `feedback`."""
     with transaction.atomic():
-        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
-        _check(workflow, member_role, Transition.REJECT)
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        transition_check(workflow, member_role, Transition.REJECT)
         previous, role = workflow.state, workflow.current_role
         pending = _pending_result(workflow)
         pending.status = PhaseResult.Status.REJECTED
@@ -538,6 +598,7 @@ def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> Transit
             phase_result=pending,
         )
         _save(workflow, [event], handoff)
+        transaction.on_commit(partial(_autopilot_resume, workflow.id), robust=True)
     return TransitionOutcome(workflow, previous, handoff, pending)
 
 
@@ -563,8 +624,8 @@ def workflow_fail(*, workflow_id: Any, actor: Actor, reason: str) -> TransitionO
 
 def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> TransitionOutcome:
     with transaction.atomic():
-        workflow, member_role = _lock(workflow_id=workflow_id, actor=actor)
-        _check(workflow, member_role, wanted)
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        transition_check(workflow, member_role, wanted)
         previous, role = workflow.state, workflow.current_role
         if workflow.awaiting_approval:
             PhaseResult.objects.filter(
@@ -580,4 +641,11 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
             workflow, actor, kind=kind, from_state=previous, from_role=role, reason=reason
         )
         _save(workflow, [event], handoff)
+        transaction.on_commit(partial(_autopilot_stop, workflow.id), robust=True)
     return TransitionOutcome(workflow, previous, handoff)
+
+
+def _autopilot_stop(workflow_id: Any) -> None:
+    from ai_orchestration.autopilot import autopilot_stop_for_workflow
+
+    autopilot_stop_for_workflow(workflow_id=workflow_id)

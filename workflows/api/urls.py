@@ -1,5 +1,6 @@
 from django.urls import path
 
+from ai_orchestration import api as autopilot_api
 from workflows.api import health, ide, resources
 
 app_name = "api"
@@ -54,6 +55,21 @@ urlpatterns = [
         "workflows/<str:workflow_id>/phase-results/",
         resources.WorkflowPhaseResultListApi.as_view(),
         name="workflow-phase-results",
+    ),
+    path(
+        "workflows/<str:workflow_id>/runs/",
+        autopilot_api.WorkflowRunListApi.as_view(),
+        name="workflow-runs",
+    ),
+    path(
+        "workflows/<str:workflow_id>/runs/<str:run_id>/cancel/",
+        autopilot_api.WorkflowRunCancelApi.as_view(),
+        name="workflow-run-cancel",
+    ),
+    path(
+        "workflows/<str:workflow_id>/usage/",
+        autopilot_api.WorkflowUsageApi.as_view(),
+        name="workflow-usage",
     ),
     path("health/", health.HealthApi.as_view(), name="health"),
 ]
