@@ -162,18 +162,19 @@ def autopilot_reap(*, now: Any = None) -> list[Any]:
             )
             if run is None:
                 continue
-            if run.executions >= settings.TOPDOG_AUTOPILOT_MAX_EXECUTIONS:
+            if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
                 _finish(
                     run,
                     AIRun.Status.FAILED,
-                    error=f"the worker running this step stopped {run.executions} times "
-                    f"(last seen {run.heartbeat_at:%Y-%m-%d %H:%M:%S}); giving up",
+                    error=f"its worker stopped {run.recoveries + 1} times (last seen "
+                    f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
                 )
                 continue
             logger.warning("run %s lost its worker %s; re-queueing", run.id, run.worker_id)
             run.status = AIRun.Status.QUEUED
             run.worker_id = ""
-            run.save(update_fields=["status", "worker_id"])
+            run.recoveries += 1
+            run.save(update_fields=["status", "worker_id", "recoveries"])
             _enqueue_after_commit(run.id)
             requeued.append(run.id)
     return requeued

@@ -71,8 +71,11 @@ class AIRun(models.Model):
     model = models.CharField(max_length=100, blank=True)
     phases_completed = models.PositiveSmallIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0, help_text="Provider calls made.")
-    executions = models.PositiveSmallIntegerField(
-        default=0, help_text="Times a worker picked the run up (more than 1 after a crash)."
+    executions = models.PositiveIntegerField(
+        default=0, help_text="Steps workers have started on this run."
+    )
+    recoveries = models.PositiveSmallIntegerField(
+        default=0, help_text="Times the run was picked up again after its worker died."
     )
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)

@@ -84,34 +84,30 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
-if DATABASE_URL:
-    _db = dj_database_url.parse(DATABASE_URL)
-    if _db["ENGINE"] == "django.db.backends.postgresql":
-        # Django's psycopg 3 connection pool; CONN_MAX_AGE must stay 0 with a pool.
-        _db["CONN_MAX_AGE"] = 0
-        # Per-process test database, so concurrent test runs on one server never collide.
-        _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
-        _db.setdefault("OPTIONS", {})["pool"] = {
-            "min_size": env_int("DB_POOL_MIN_SIZE", 2),
-            "max_size": env_int("DB_POOL_MAX_SIZE", 20),
-            "timeout": env_int("DB_POOL_TIMEOUT", 10),
-        }
-else:
+if not DATABASE_URL:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    _db = {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "topdog.sqlite3",
-        # IMMEDIATE takes SQLite's write lock when a transaction starts, which gives the
-        # services the same "lock, then read, then write" order select_for_update gives
-        # on PostgreSQL; the timeout makes concurrent writers wait instead of failing.
-        "OPTIONS": {
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
-        # A file, not shared-cache memory: threads in the tests then see real locking.
-        "TEST": {"NAME": str(VAR_DIR / f"test-topdog-{os.getpid()}.sqlite3")},
+_db = dj_database_url.parse(DATABASE_URL or f"sqlite:///{VAR_DIR / 'topdog.sqlite3'}")
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Django's psycopg 3 connection pool; CONN_MAX_AGE must stay 0 with a pool.
+    _db["CONN_MAX_AGE"] = 0
+    # Per-process test database, so concurrent test runs on one server never collide.
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 2),
+        "max_size": env_int("DB_POOL_MAX_SIZE", 20),
+        "timeout": env_int("DB_POOL_TIMEOUT", 10),
     }
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE takes SQLite's write lock when a transaction starts, which gives the
+    # services the same "lock, then read, then write" order select_for_update gives
+    # on PostgreSQL; the timeout makes concurrent writers (server, worker) wait.
+    _db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not shared-cache memory: threads in the tests then see real locking.
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-topdog-{os.getpid()}.sqlite3")}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -304,8 +300,8 @@ TOPDOG_PRICES = {
     **json.loads(env_str("TOPDOG_PRICES_JSON") or "{}"),
 }
 # A running autopilot step renews its lease every heartbeat; a run whose lease has
-# expired (its worker died) is picked up again, at most TOPDOG_AUTOPILOT_MAX_EXECUTIONS
-# times in all.
+# expired (its worker died) is picked up again, at most TOPDOG_AUTOPILOT_MAX_RECOVERIES
+# times before it is failed.
 TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = env_int("TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS", 5)
 TOPDOG_AUTOPILOT_LEASE_SECONDS = env_int("TOPDOG_AUTOPILOT_LEASE_SECONDS", 30)
-TOPDOG_AUTOPILOT_MAX_EXECUTIONS = env_int("TOPDOG_AUTOPILOT_MAX_EXECUTIONS", 3)
+TOPDOG_AUTOPILOT_MAX_RECOVERIES = env_int("TOPDOG_AUTOPILOT_MAX_RECOVERIES", 3)

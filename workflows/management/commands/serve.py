@@ -264,10 +264,24 @@ class Command(BaseCommand):
             first_run = None
         self._announce(first_run, base_url)
 
-        worker = TaskWorker(out=self.stdout) if options["worker"] else None
+        children = []
+        if options["worker"]:
+            children = [
+                TaskWorker(out=self.stdout),
+                # Re-queues autopilot runs whose worker died (expired lease).
+                TaskWorker(
+                    out=self.stdout,
+                    command=[
+                        sys.executable,
+                        str(settings.BASE_DIR / "manage.py"),
+                        "autopilot_watchdog",
+                    ],
+                    grace_seconds=5,
+                ),
+            ]
         try:
-            if worker is not None:
-                worker.start()
+            for child in children:
+                child.start()
             self._serve(host=host, port=port, base_url=base_url, verbosity=options["verbosity"])
         except KeyboardInterrupt:
             pass
@@ -276,8 +290,8 @@ class Command(BaseCommand):
             # interrupt the wait for the worker.
             signal.signal(signal.SIGINT, saved_sigint)
             signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-            if worker is not None:
-                worker.stop()
+            for child in children:
+                child.stop()
         self.stdout.write("TopDog stopped.")
 
     def _announce(self, first_run: Bootstrap | None, base_url: str) -> None:

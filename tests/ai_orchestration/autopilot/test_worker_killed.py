@@ -1,0 +1,114 @@
+"""A worker killed (SIGKILL) mid-run: another worker finishes, no phase is done twice."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from ai_orchestration.autopilot import autopilot_start
+from ai_orchestration.models import AIRun
+from tests.factories import workflow_for
+from workflows.models import PhaseResult, Workflow
+from workflows.services import Actor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(settings.BASE_DIR)
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    return (
+        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    )
+
+
+def _spawn(command: str, *args: str, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "DJANGO_SETTINGS_MODULE": "topdog.settings",
+        # slow enough to be killed mid-stream, fast enough for CI
+        "TOPDOG_OFFLINE_DELAY_MS": "40",
+        "TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS": "1",
+        "TOPDOG_AUTOPILOT_LEASE_SECONDS": "3",
+    }
+    env.pop("REDIS_URL", None)  # live frames are not under test here
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), command, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkilled_worker_is_replaced_and_no_phase_is_completed_twice(project, user, tmp_path):
+    workflow = workflow_for(project, user, description="Survive a crash. Finish anyway.")
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    worker_args = ("--no-reload", "--interval", "0.1", "--no-startup-delay")
+    first = _spawn("db_worker", *worker_args, log=tmp_path / "worker1.log")
+    processes = [first]
+    try:
+        # the first worker is in the middle of a phase (past DISCOVERY, streaming)
+        _wait(
+            lambda: AIRun.objects.filter(
+                pk=run.pk, status=AIRun.Status.RUNNING, phases_completed__gte=2
+            ).exists(),
+            60,
+            "the first worker to get going",
+        )
+        time.sleep(0.3)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_during = AIRun.objects.get(pk=run.pk)
+        assert killed_during.status == AIRun.Status.RUNNING  # stranded with its lease
+
+        processes.append(_spawn("db_worker", *worker_args, log=tmp_path / "worker2.log"))
+        processes.append(
+            _spawn("autopilot_watchdog", "--interval", "0.5", log=tmp_path / "watchdog.log")
+        )
+        _wait(
+            lambda: print(AIRun.objects.filter(pk=run.pk).values("status","lease_expires_at","executions","phase").first(), flush=True) or Workflow.objects.get(pk=workflow.pk).state == "COMPLETE",
+            90,
+            "the workflow to complete on the second worker",
+        )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    run.refresh_from_db()
+    assert run.status == AIRun.Status.COMPLETED
+    assert run.recoveries >= 1  # picked up again after the crash
+    per_phase = {}
+    for result in PhaseResult.objects.filter(workflow=workflow):
+        per_phase[result.phase] = per_phase.get(result.phase, 0) + 1
+    assert per_phase == dict.fromkeys(
+        ["DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION", "DEPLOYMENT"], 1
+    )
+    assert "re-queued run" in (tmp_path / "watchdog.log").read_text()
