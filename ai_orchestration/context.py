@@ -28,7 +28,8 @@ class PromptRequest:
     max_tokens: int = 4096
     prompt_version: str = ""
     estimated_input_tokens: int = 0
-    dropped_messages: int = 0
+    # Whether older history was left out to fit the budget.
+    trimmed: bool = False
     # Feedback of the handoff that sent the work back, when the latest one did.
     feedback: str = ""
 
@@ -41,63 +42,79 @@ class PromptRequest:
         }
 
 
-def prompt_request_build(
-    *, workflow: Workflow, context_tokens: int | None = None, history_limit: int = 2000
-) -> PromptRequest:
-    """The chat request for `workflow`'s current phase, within `context_tokens`."""
+def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = None) -> PromptRequest:
+    """The chat request for `workflow`'s current phase, within the model's context.
+
+    Work is bounded by the budget, not the history: the role's messages are read newest
+    first, a page at a time, only until the budget is spent.
+    """
     role = workflow.current_role
     if role is None:
         raise ValueError(f"workflow is {workflow.state}; there is no next prompt")
     role_context = RoleContext.objects.get(workflow=workflow, role=role)
     model_settings = role_context.model_settings
-    budget = (context_tokens or DEFAULT_CONTEXT_TOKENS) - model_settings.get(
-        "max_tokens", settings.TOPDOG_DEFAULT_MAX_TOKENS
-    )
+    max_tokens = model_settings.get("max_tokens", settings.TOPDOG_DEFAULT_MAX_TOKENS)
+    window = context_tokens or model_settings.get("context_tokens") or DEFAULT_CONTEXT_TOKENS
+    budget = window - max_tokens
 
     handoffs = list(Handoff.objects.filter(workflow=workflow).order_by("-event_seq")[:50])[::-1]
-    history = list(
-        Message.objects.filter(workflow=workflow, role=role)
-        .order_by("-seq")
-        .values("sender", "content")[:history_limit]
-    )[::-1]
-
     system = {"role": "system", "content": role_context.system_prompt}
     instruction = {"role": "user", "content": _instruction(workflow, handoffs)}
-    fixed = [system, instruction]
-    earlier = _handoff_summary(handoffs[:-1])
-    used = sum(_cost(m) for m in fixed)
+    # Never dropped: the system prompt (with the requirements) and the instruction (with
+    # the latest handoff and its feedback).
+    used = _cost(system) + _cost(instruction)
 
-    # Newest history first, until the budget is spent; then the older handoff summaries.
-    kept: list[dict] = []
-    for item in reversed(history):
-        message = {
-            "role": "assistant" if item["sender"] == Sender.ASSISTANT else "user",
-            "content": item["content"],
-        }
-        cost = _cost(message)
-        if used + cost > budget:
-            break
-        kept.append(message)
-        used += cost
-    kept.reverse()
-    messages = [system]
-    if earlier:
-        summary = {"role": "user", "content": earlier}
-        if used + _cost(summary) <= budget:
-            messages.append(summary)
-            used += _cost(summary)
-    messages += kept
-    messages.append(instruction)
+    earlier = _handoff_summary(handoffs[:-1])
+    summary = {"role": "user", "content": earlier} if earlier else None
+    if summary is not None and used + _cost(summary) <= budget:
+        used += _cost(summary)
+    else:
+        summary = None
+
+    kept, used, trimmed = _recent_history(workflow, role, budget, used)
+    messages = [system, *([summary] if summary else []), *kept, instruction]
     return PromptRequest(
         model=model_settings.get("model", workflow.model_name),
         messages=messages,
         temperature=model_settings.get("temperature", settings.TOPDOG_DEFAULT_TEMPERATURE),
-        max_tokens=model_settings.get("max_tokens", settings.TOPDOG_DEFAULT_MAX_TOKENS),
+        max_tokens=max_tokens,
         prompt_version=role_context.prompt_version,
         estimated_input_tokens=used,
-        dropped_messages=len(history) - len(kept),
+        trimmed=trimmed,
         feedback=_latest_feedback(handoffs),
     )
+
+
+HISTORY_PAGE = 100
+
+
+def _recent_history(
+    workflow: Workflow, role: str, budget: int, used: int
+) -> tuple[list[dict], int, bool]:
+    """The role's newest messages that fit in `budget` (oldest first), the tokens used,
+    and whether older ones were left out."""
+    kept: list[dict] = []
+    before = None
+    while True:
+        page = Message.objects.filter(workflow=workflow, role=role)
+        if before is not None:
+            page = page.filter(seq__lt=before)
+        rows = list(page.order_by("-seq").values("seq", "sender", "content")[:HISTORY_PAGE])
+        for row in rows:
+            message = {
+                "role": "assistant" if row["sender"] == Sender.ASSISTANT else "user",
+                "content": row["content"],
+            }
+            cost = _cost(message)
+            if used + cost > budget:
+                kept.reverse()
+                return kept, used, True
+            kept.append(message)
+            used += cost
+        if len(rows) < HISTORY_PAGE:
+            kept.reverse()
+            return kept, used, False
+        before = rows[-1]["seq"]
 
 
 def _latest_feedback(handoffs: list[Handoff]) -> str:

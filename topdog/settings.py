@@ -207,14 +207,27 @@ SPECTACULAR_SETTINGS = {
 # --- TopDog ---------------------------------------------------------------------------
 # Seed model names the IDE may ask for, and what they mean.
 TOPDOG_MODELS = {
-    "GPT4": {"provider": "openai", "model": env_str("TOPDOG_OPENAI_MODEL", "gpt-4o")},
-    "GPT35": {"provider": "openai", "model": env_str("TOPDOG_OPENAI_SMALL_MODEL", "gpt-4o-mini")},
+    "GPT4": {
+        "provider": "openai",
+        "model": env_str("TOPDOG_OPENAI_MODEL", "gpt-4o"),
+        "context_tokens": 128_000,
+    },
+    "GPT35": {
+        "provider": "openai",
+        "model": env_str("TOPDOG_OPENAI_SMALL_MODEL", "gpt-4o-mini"),
+        "context_tokens": 128_000,
+    },
     "CLAUDE": {
         "provider": "anthropic",
         "model": env_str("TOPDOG_ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+        "context_tokens": 200_000,
     },
-    "LOCAL": {"provider": "local", "model": env_str("TOPDOG_LOCAL_MODEL", "llama3.1")},
-    "OFFLINE": {"provider": "offline", "model": "topdog-offline-1"},
+    "LOCAL": {
+        "provider": "local",
+        "model": env_str("TOPDOG_LOCAL_MODEL", "llama3.1"),
+        "context_tokens": env_int("TOPDOG_LOCAL_CONTEXT_TOKENS", 8192),
+    },
+    "OFFLINE": {"provider": "offline", "model": "topdog-offline-1", "context_tokens": 16_000},
 }
 TOPDOG_DEFAULT_MODEL = env_str("TOPDOG_DEFAULT_MODEL", "OFFLINE")
 TOPDOG_DEFAULT_TEMPERATURE = 0.2
