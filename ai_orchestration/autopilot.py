@@ -262,7 +262,9 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     prompt = prompt_request_build(workflow=workflow)
     model_name = run.model_name or workflow.project.model_for(role, workflow.model_name)
     catalog = settings.TOPDOG_MODELS[model_name]
-    provider = provider_for(catalog["provider"])
+    provider = provider_for(
+        catalog["provider"], api_key=workflow.project.provider_api_key(catalog["provider"])
+    )
     request = ChatRequest(
         model=catalog["model"],
         messages=tuple(ChatMessage(m["role"], m["content"]) for m in prompt.messages),

@@ -318,3 +318,9 @@ TOPDOG_PRICES = {
 TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = env_int("TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS", 5)
 TOPDOG_AUTOPILOT_LEASE_SECONDS = env_int("TOPDOG_AUTOPILOT_LEASE_SECONDS", 30)
 TOPDOG_AUTOPILOT_MAX_RECOVERIES = env_int("TOPDOG_AUTOPILOT_MAX_RECOVERIES", 3)
+
+# --- Secrets at rest ------------------------------------------------------------------
+# Keys that encrypt stored secrets (project API keys, tokens). The first one encrypts;
+# all of them decrypt, so a new key can be put first and the old one kept for a while.
+# When unset, a key is derived from SECRET_KEY.
+TOPDOG_ENCRYPTION_KEYS = env_list("TOPDOG_ENCRYPTION_KEYS", [])

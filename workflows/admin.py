@@ -720,6 +720,9 @@ class WorkflowEventAdmin(_AuditLogAdmin):
 # --- projects and API tokens -----------------------------------------------------------
 
 
+SECRET_FIELDS = ("openai_api_key", "anthropic_api_key")
+
+
 class ProjectAdminForm(forms.ModelForm):
     approval_gates = forms.MultipleChoiceField(
         choices=[(phase, State(phase).label) for phase in PHASES],
@@ -737,7 +740,35 @@ class ProjectAdminForm(forms.ModelForm):
             "default_branch",
             "approval_gates",
             "regression_limit",
+            "quality_threshold",
+            "budget_usd",
+            "role_models",
+            *SECRET_FIELDS,
         )
+        widgets = {
+            # Secrets are write-only: the page never contains them; blank keeps the old one.
+            name: forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"})
+            for name in SECRET_FIELDS
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in SECRET_FIELDS:
+            field = self.fields[name]
+            stored = bool(self.instance.pk and getattr(self.instance, name))
+            field.help_text = (
+                "Stored (encrypted). Leave blank to keep it; type a new value to replace it."
+                if stored
+                else "Not set. Stored encrypted; never shown again."
+            )
+            field.required = False
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        for name in SECRET_FIELDS:
+            if not cleaned.get(name) and self.instance.pk:
+                cleaned[name] = getattr(self.instance, name)
+        return cleaned
 
     def clean_approval_gates(self) -> list[str]:
         chosen = set(self.cleaned_data["approval_gates"])

@@ -11,6 +11,7 @@ from django.db import models
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
 
+from topdog.crypto import EncryptedTextField
 from workflows.states import (
     NEXT_STATE,
     PHASES,
@@ -61,6 +62,9 @@ class Project(models.Model):
         help_text='Model per role, e.g. {"CODE_WRITER": "CLAUDE"}; others use the '
         "workflow's model.",
     )
+    # Secrets: encrypted at rest, write-only in the API, never logged or broadcast.
+    openai_api_key = EncryptedTextField(blank=True, help_text="Overrides OPENAI_API_KEY.")
+    anthropic_api_key = EncryptedTextField(blank=True, help_text="Overrides ANTHROPIC_API_KEY.")
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -89,6 +93,14 @@ class Project(models.Model):
             raise ValidationError(
                 {"role_models": f"unknown models {bad_models}; choose from {sorted(models_known)}"}
             )
+
+    SECRET_FIELDS = ("openai_api_key", "anthropic_api_key")
+
+    def provider_api_key(self, provider: str) -> str:
+        """The project's own key for `provider`, or "" to use the service's."""
+        return {"openai": self.openai_api_key, "anthropic": self.anthropic_api_key}.get(
+            provider, ""
+        )
 
     def model_for(self, role: str, default: str) -> str:
         return (self.role_models or {}).get(role) or default

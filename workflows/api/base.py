@@ -7,7 +7,7 @@ from rest_framework import serializers
 from rest_framework.views import APIView
 
 from workflows.api.idempotency import IdempotentMixin
-from workflows.models import Workflow
+from workflows.models import Project, Workflow
 from workflows.services import available_transitions
 
 
@@ -45,8 +45,17 @@ class ProjectOutputSerializer(serializers.Serializer):
     default_branch = serializers.CharField()
     approval_gates = serializers.ListField(child=serializers.CharField())
     regression_limit = serializers.IntegerField()
+    quality_threshold = serializers.FloatField()
+    budget_usd = serializers.DecimalField(max_digits=12, decimal_places=4, allow_null=True)
+    role_models = serializers.DictField(child=serializers.CharField())
+    secrets = serializers.SerializerMethodField(
+        help_text="Which secrets are stored (never their values)."
+    )
     member_role = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+    def get_secrets(self, project: Project) -> dict[str, bool]:
+        return {name: bool(getattr(project, name)) for name in Project.SECRET_FIELDS}
 
 
 class WorkflowSummarySerializer(serializers.Serializer):

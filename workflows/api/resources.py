@@ -50,6 +50,33 @@ class ProjectInputSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=list(PHASES)), required=False
     )
     regression_limit = serializers.IntegerField(min_value=0, max_value=50, required=False)
+    quality_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+    budget_usd = serializers.DecimalField(
+        max_digits=12, decimal_places=4, min_value=0, required=False, allow_null=True
+    )
+    role_models = serializers.DictField(
+        child=serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS)), required=False
+    )
+    openai_api_key = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="Write-only; stored encrypted. Empty string removes it.",
+    )
+    anthropic_api_key = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="Write-only; stored encrypted. Empty string removes it.",
+    )
+
+    def validate_role_models(self, value: dict) -> dict:
+        unknown = sorted(set(value) - set(Role.values))
+        if unknown:
+            raise serializers.ValidationError(f"unknown roles {unknown}")
+        return value
 
 
 class ProjectCreateSerializer(ProjectInputSerializer):
