@@ -644,6 +644,9 @@ def test_project_admin_saves_gates_and_members(admin_client, user):
             "default_branch": "main",
             "approval_gates": [State.VERIFICATION, State.DISCOVERY],
             "regression_limit": "2",
+            "quality_threshold": "0.5",
+            "role_models": "{}",
+            "openai_api_key": "sk-admin-typed-key-123",
             "memberships-TOTAL_FORMS": "1",
             "memberships-INITIAL_FORMS": "0",
             "memberships-MIN_NUM_FORMS": "0",
@@ -657,6 +660,8 @@ def test_project_admin_saves_gates_and_members(admin_client, user):
     project = ProjectFactory._meta.model.objects.get(slug="shop")
     assert project.approval_gates == [State.DISCOVERY, State.VERIFICATION]
     assert project.regression_limit == 2
+    assert project.quality_threshold == 0.5
+    assert project.openai_api_key == "sk-admin-typed-key-123"
     assert list(project.memberships.values_list("user__username", "role")) == [
         ("alice", MemberRole.VIEWER)
     ]
