@@ -7,7 +7,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
-from django_tasks import default_task_backend
+from django_tasks import task_backends
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -45,7 +45,7 @@ def _channel_layer() -> dict:
 
 
 def _task_backend() -> dict:
-    backend = default_task_backend
+    backend = task_backends["default"]
     detail = {"backend": type(backend).__name__}
     if type(backend).__name__ == "DatabaseBackend":
         from django_tasks_db.models import DBTaskResult

@@ -134,6 +134,8 @@ def test_health_reports_each_dependency(client, db):
     assert body["status"] == "ok"
     assert body["database"]["ok"] and body["channel_layer"]["ok"] and body["task_backend"]["ok"]
     assert body["llm_providers"]["offline"] is True
+    assert body["task_backend"]["backend"] == "DatabaseBackend"
+    assert body["task_backend"]["queued"] == 0
 
 
 def test_openapi_schema_and_docs_are_served(client, db):

@@ -6,6 +6,7 @@ project it owns and an API token) and prints the credentials once; starts a
 daphne until SIGINT or SIGTERM; then stops the worker.
 """
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -265,7 +266,8 @@ class Command(BaseCommand):
         self._announce(first_run, base_url)
 
         children = []
-        if options["worker"]:
+        in_process = options["worker"] and not settings.REDIS_URL
+        if options["worker"] and not in_process:
             children = [
                 TaskWorker(out=self.stdout),
                 # Re-queues autopilot runs whose worker died (expired lease).
@@ -282,7 +284,13 @@ class Command(BaseCommand):
         try:
             for child in children:
                 child.start()
-            self._serve(host=host, port=port, base_url=base_url, verbosity=options["verbosity"])
+            self._serve(
+                host=host,
+                port=port,
+                base_url=base_url,
+                verbosity=options["verbosity"],
+                in_process_worker=in_process,
+            )
         except KeyboardInterrupt:
             pass
         finally:
@@ -321,11 +329,30 @@ class Command(BaseCommand):
         ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
 
-    def _serve(self, *, host: str, port: int, base_url: str, verbosity: int) -> None:
+    def _serve(
+        self,
+        *,
+        host: str,
+        port: int,
+        base_url: str,
+        verbosity: int,
+        in_process_worker: bool = False,
+    ) -> None:
         """Run daphne in this process until SIGINT or SIGTERM."""
         from daphne.access import AccessLogGenerator
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
+        from twisted.internet import reactor
+
+        if in_process_worker:
+            # The in-memory channel layer lives in this process: so must the worker
+            # whose autopilot streams live frames through it.
+            from topdog.inprocess_worker import InProcessWorker
+
+            worker = InProcessWorker()
+            reactor.callWhenRunning(lambda: asyncio.ensure_future(worker.run()))
+            reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
+            self.stdout.write("Task worker and autopilot watchdog run in this process.")
 
         application = import_string(settings.ASGI_APPLICATION)
         server = Server(
