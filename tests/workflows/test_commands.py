@@ -418,7 +418,13 @@ def test_serve_prints_the_first_run_credentials_once(db, serve_without_daphne):
     assert (
         serve_without_daphne
         == [
-            {"host": "127.0.0.1", "port": 8123, "base_url": "http://127.0.0.1:8123", "verbosity": 1}
+            {
+                "host": "127.0.0.1",
+                "port": 8123,
+                "base_url": "http://127.0.0.1:8123",
+                "verbosity": 1,
+                "in_process_worker": False,
+            }
         ]
         * 2
     )
