@@ -9,7 +9,7 @@ from django.db.models import Model
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
-from ai_orchestration.models import PromptTemplate
+from ai_orchestration.models import AIRun, PromptTemplate
 from ai_orchestration.prompts import prompt_template_publish
 
 PUBLISH_HELP = (
@@ -130,3 +130,38 @@ class PromptTemplateAdmin(admin.ModelAdmin):
         else:
             url = reverse("admin:{}_{}_changelist".format(*info), current_app=self.admin_site.name)
         return HttpResponseRedirect(url)
+
+
+@admin.register(AIRun)
+class AIRunAdmin(admin.ModelAdmin):
+    """Autopilot runs: audited here, driven through the API (start/cancel)."""
+
+    list_display = (
+        "id",
+        "workflow",
+        "status",
+        "scope",
+        "phase",
+        "provider",
+        "model",
+        "phases_completed",
+        "attempts",
+        "recoveries",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "created_at",
+    )
+    list_filter = ("status", "provider", "scope", "created_at")
+    list_select_related = ("workflow",)
+    search_fields = ("id", "workflow__id", "workflow__title")
+    actions = None
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        return [field.name for field in AIRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False

@@ -21,7 +21,7 @@ from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django_fsm import ConcurrentTransition
 
@@ -406,7 +406,7 @@ class WorkflowAdmin(admin.ModelAdmin):
             },
         ),
         ("Requirements", {"fields": ("requirements_text",)}),
-        ("Usage", {"fields": ("input_tokens", "output_tokens", "cost_usd")}),
+        ("Usage", {"fields": ("input_tokens", "output_tokens", "cost_usd", "usage_breakdown")}),
         ("Times", {"fields": ("created_at", "updated_at", "completed_at")}),
     )
     readonly_fields = tuple(
@@ -415,6 +415,28 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("project", "created_by")
+
+    @admin.display(description="by role and phase")
+    def usage_breakdown(self, obj: Workflow) -> str:
+        from ai_orchestration.accounting import workflow_usage
+
+        usage = workflow_usage(workflow=obj)
+        rows = [
+            (f"{kind}: {key}", t["calls"], t["input_tokens"], t["output_tokens"], t["cost_usd"])
+            for kind, bucket in (("role", usage["by_role"]), ("phase", usage["by_phase"]))
+            for key, t in bucket.items()
+        ]
+        if not rows:
+            return "no model calls recorded"
+        return format_html(
+            "<table><tr><th></th><th>calls</th><th>input</th><th>output</th><th>USD</th></tr>"
+            "{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                rows,
+            ),
+        )
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str

@@ -799,3 +799,22 @@ def test_prompt_templates_cannot_be_deleted(admin_client):
     assert PromptTemplate.objects.filter(pk=v1.pk).exists()
     assert changelist.context["action_form"] is None
     assert v1.sha256[:12] in changelist.content.decode()
+
+
+def test_workflow_page_shows_usage_by_role_and_phase_and_runs_are_listed(
+    admin_client, project, user
+):
+    from ai_orchestration.autopilot import autopilot_start, autopilot_step
+    from workflows.services import Actor
+
+    workflow = workflow_for(project, user)
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    while autopilot_step(run_id=run.id, worker_id="t"):
+        pass
+    page = admin_client.get(reverse("admin:workflows_workflow_change", args=[workflow.pk]))
+    html = page.content.decode()
+    assert "role: CODE_WRITER" in html and "phase: DEPLOYMENT" in html
+    runs = admin_client.get(reverse("admin:ai_orchestration_airun_changelist"))
+    assert runs.status_code == 200
+    assert str(run.id) in runs.content.decode()
+    assert admin_client.get(reverse("admin:ai_orchestration_airun_add")).status_code == 403
