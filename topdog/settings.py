@@ -219,7 +219,7 @@ TOPDOG_MODELS = {
     },
     "CLAUDE": {
         "provider": "anthropic",
-        "model": env_str("TOPDOG_ANTHROPIC_MODEL", "claude-sonnet-4-5"),
+        "model": env_str("TOPDOG_ANTHROPIC_MODEL", "claude-sonnet-4-6"),
         "context_tokens": 200_000,
     },
     "LOCAL": {
@@ -309,6 +309,7 @@ TOPDOG_WS_REPLAY_LIMIT = env_int("TOPDOG_WS_REPLAY_LIMIT", 5000)
 TOPDOG_PRICES = {
     "gpt-4o": [2.5, 10.0],
     "gpt-4o-mini": [0.15, 0.6],
+    "claude-sonnet-4-6": [3.0, 15.0],
     "claude-sonnet-4-5": [3.0, 15.0],
     **json.loads(env_str("TOPDOG_PRICES_JSON") or "{}"),
 }

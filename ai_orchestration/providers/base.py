@@ -170,12 +170,21 @@ def complete_with_retries(
             raise
         except ProviderError as exc:
             exc.attempts = attempt
-            if not exc.retryable or attempt >= max_attempts:
+            if not exc.retryable:
                 raise
+            if attempt >= max_attempts:
+                # The caller sees a final answer: nothing left for it to retry.
+                raise ProviderError(
+                    f"{provider.name}: gave up after {attempt} attempts (last error: {exc})",
+                    retryable=False,
+                    status=exc.status,
+                    attempts=attempt,
+                ) from exc
             delay = exc.retry_after
             if delay is None:
                 delay = min(max_delay, base_delay * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random() / 2  # jitter
+            delay = max(0.0, delay)  # a Retry-After date already past means "now"
             if clock() + delay >= deadline:
                 raise ProviderError(
                     f"{provider.name}: gave up after {attempt} attempts; the next retry "

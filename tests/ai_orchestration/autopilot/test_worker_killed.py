@@ -88,7 +88,15 @@ def test_sigkilled_worker_is_replaced_and_no_phase_is_completed_twice(project, u
             _spawn("autopilot_watchdog", "--interval", "0.5", log=tmp_path / "watchdog.log")
         )
         _wait(
-            lambda: print(AIRun.objects.filter(pk=run.pk).values("status","lease_expires_at","executions","phase").first(), flush=True) or Workflow.objects.get(pk=workflow.pk).state == "COMPLETE",
+            lambda: (
+                print(
+                    AIRun.objects.filter(pk=run.pk)
+                    .values("status", "lease_expires_at", "executions", "phase")
+                    .first(),
+                    flush=True,
+                )
+                or Workflow.objects.get(pk=workflow.pk).state == "COMPLETE"
+            ),
             90,
             "the workflow to complete on the second worker",
         )
