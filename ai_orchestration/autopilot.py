@@ -289,13 +289,13 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     calls: list[Completion] = []
     try:
         evidence = _evidence_from_model(provider, request, deltas, should_cancel, calls)
-    except ProviderCancelled:
-        _book_calls(run, calls)
+    except ProviderCancelled as exc:
+        _book_calls(run, calls, failed_attempts=exc.attempts)
         if not heartbeat.lost:  # (a lost lease means another worker owns the run now)
             _finish_by_id(run.id, AIRun.Status.CANCELLED, stop_reason="cancelled during the call")
         return False
     except ProviderError as exc:
-        _book_calls(run, calls)
+        _book_calls(run, calls, failed_attempts=exc.attempts)
         _finish_by_id(run.id, AIRun.Status.FAILED, error=f"{phase}: {exc}")
         return False
     finally:
@@ -392,7 +392,8 @@ def _evidence_from_model(provider, request, deltas, should_cancel, calls) -> dic
             if attempt == 2:
                 raise ProviderError(
                     f"the model's {request.metadata['phase']} evidence was invalid twice; "
-                    f"last errors: {problems}"
+                    f"last errors: {problems}",
+                    attempts=0,  # both calls answered; they are booked from `calls`
                 ) from exc
             request = ChatRequest(
                 model=request.model,
@@ -470,13 +471,15 @@ def _add_usage(run: AIRun, calls: list[Completion], usage: CallUsage) -> None:
     run.provider, run.model = usage.provider, usage.model
 
 
-def _book_calls(run: AIRun, calls: list[Completion]) -> None:
+def _book_calls(run: AIRun, calls: list[Completion], *, failed_attempts: int = 0) -> None:
     """Count calls that produced no phase result (failed, cancelled, superseded)."""
     if not calls:
+        if failed_attempts:
+            AIRun.objects.filter(pk=run.pk).update(attempts=F("attempts") + failed_attempts)
         return
     usage = _usage_of(calls, "")
     AIRun.objects.filter(pk=run.pk).update(
-        attempts=F("attempts") + sum(c.attempts for c in calls),
+        attempts=F("attempts") + sum(c.attempts for c in calls) + failed_attempts,
         input_tokens=F("input_tokens") + usage.input_tokens,
         output_tokens=F("output_tokens") + usage.output_tokens,
         cost_usd=F("cost_usd") + usage.cost_usd,

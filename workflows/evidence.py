@@ -74,7 +74,9 @@ class DiscoveryEvidence(serializers.Serializer):
 class WorkItemSerializer(serializers.Serializer):
     id = serializers.CharField(max_length=40)
     title = serializers.CharField(max_length=300)
-    description = serializers.CharField(max_length=10_000, required=False, default="")
+    description = serializers.CharField(
+        max_length=10_000, required=False, default="", allow_blank=True
+    )
     files = serializers.ListField(child=RepoPathField(max_length=500), min_length=1)
     depends_on = serializers.ListField(child=serializers.CharField(max_length=40), default=list)
 
@@ -82,7 +84,7 @@ class WorkItemSerializer(serializers.Serializer):
 class PlanningEvidence(serializers.Serializer):
     """Implementation plan: work items with file paths, whose dependencies form a DAG."""
 
-    summary = serializers.CharField(max_length=10_000, required=False, default="")
+    summary = serializers.CharField(max_length=10_000, required=False, default="", allow_blank=True)
     work_items = WorkItemSerializer(many=True, allow_empty=False, max_length=500)
 
     def validate_work_items(self, value: list[dict]) -> list[dict]:

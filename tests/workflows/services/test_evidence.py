@@ -348,3 +348,10 @@ def test_structured_results_are_one_hashed_artifact(phase):
     [artifact] = evidence_artifacts(phase=phase, result=result)
 
     assert artifact["sha256"] == sha256(canonical_json(result))
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_validated_evidence_validates_again_unchanged(phase):
+    """The autopilot validates, then the service validates again: defaults must survive."""
+    once = evidence_validate(phase=phase, data=EVIDENCE_EXAMPLES[phase])
+    assert evidence_validate(phase=phase, data=once) == once
