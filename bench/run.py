@@ -1,0 +1,450 @@
+"""One command: the IDE endpoints' latency beside their floors, on PostgreSQL.
+
+    python bench/run.py [--quick] [--redis [URL]] [--keep-db] [--strict]
+
+1. Creates a fresh database on the local PostgreSQL, migrates it and seeds it through the
+   real services: a user with an API token, projects, PLANNING workflows to read and
+   more to complete, then copies up to 1,000 workflows.
+2. Copies that database (1,000 workflows) for the scale stage and starts daphne with
+   `bench.settings` on each copy.
+3. Main stage, on the first server: status, get-ai-prompt, complete-phase and the two
+   floors of `bench/floors.py`, interleaved in rounds, one request at a time over one
+   keep-alive connection.
+4. Scale stage: grows the first database to 100,000 workflows (VACUUM ANALYZE), then
+   times status on both servers interleaved: 1,000 against 100,000 workflows.
+5. Prints one table, writes bench/results/latest.json, stops daphne, drops the databases.
+
+Every number comes from the run; nothing is fixed in advance.
+"""
+
+import argparse
+import gc
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+FLOOR_SELECT = "floor: select"
+FLOOR_WRITE = "floor: lock+update+insert"
+
+
+@dataclass(frozen=True)
+class Config:
+    reads: int  # requests per read endpoint and per floor in the main stage
+    completes: int  # complete-phase requests, one fresh PLANNING workflow each
+    warmup_reads: int
+    warmup_completes: int
+    batches: int  # interleaving rounds
+    readers: int  # PLANNING workflows that status and get-ai-prompt cycle over
+    scale_reads: int  # status (and floor) requests at each table size
+    scale_sample: int  # visible workflows sampled at each table size
+    small_rows: int = 1_000
+    large_rows: int = 100_000
+    projects: int = 20  # workflows spread over all of them
+    member_of: int = 4  # the bench user sees the workflows of this many
+
+    @classmethod
+    def full(cls) -> "Config":
+        return cls(
+            reads=2000,
+            completes=300,
+            warmup_reads=200,
+            warmup_completes=30,
+            batches=20,
+            readers=100,
+            scale_reads=1000,
+            scale_sample=1000,
+        )
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(
+            reads=300,
+            completes=60,
+            warmup_reads=50,
+            warmup_completes=10,
+            batches=10,
+            readers=30,
+            scale_reads=300,
+            scale_sample=300,
+        )
+
+
+@dataclass(frozen=True)
+class Databases:
+    admin_url: str
+    main: str
+    small: str  # the copy made at `small_rows` workflows
+
+    def url(self, name: str) -> str:
+        from bench.server import database_url
+
+        return database_url(self.admin_url, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, first
+        sys.path.insert(0, str(REPO))
+    from bench import report, server
+
+    config = Config.quick() if args.quick else Config.full()
+    main_db = args.db_name or f"topdog_bench_{os.getpid()}"
+    dbs = Databases(admin_url=args.admin_url, main=main_db, small=f"{main_db}_1k")
+    env = {
+        "DJANGO_SETTINGS_MODULE": args.settings,
+        "DATABASE_URL": dbs.url(dbs.main),
+        "REDIS_URL": args.redis or "",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill, too
+
+    began = time.monotonic()
+    with ExitStack() as cleanup:  # last in, first out: daphne, connections, databases
+        if args.keep_db:
+            cleanup.callback(_log, f"kept {dbs.url(dbs.main)} and {dbs.url(dbs.small)}")
+        else:
+            cleanup.callback(_log, f"dropped databases {dbs.main} and {dbs.small}")
+            cleanup.callback(server.database_drop, dbs.admin_url, dbs.small)
+            cleanup.callback(server.database_drop, dbs.admin_url, dbs.main)
+        cleanup.callback(_django_disconnect)
+        _log(f"creating database {dbs.main}")
+        server.database_create(dbs.admin_url, dbs.main)
+        results = _bench(config, dbs, {**os.environ, **env}, args.app, cleanup)
+    results["quick"] = args.quick
+    results["duration_s"] = round(time.monotonic() - began, 1)
+
+    print(report.table(results), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "latest.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    _log(f"wrote {out.relative_to(REPO)}")
+    missed = [t["measured"] for t in results["targets"] if not t["passed"]]
+    return 1 if args.strict and missed else 0
+
+
+def _bench(config: Config, dbs: Databases, server_env: dict, app: str, cleanup: ExitStack) -> dict:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    _log("migrating")
+    call_command("migrate", verbosity=0, interactive=False)
+
+    from bench import report, seed
+    from bench.client import Client, Endpoint, Stats, expect_json, interleaved
+    from bench.floors import COUNTER_ROWS
+    from bench.server import Server, database_create
+    from workflows.evidence import EVIDENCE_EXAMPLES
+    from workflows.states import State
+
+    # --- seed ---------------------------------------------------------------------------
+    to_complete = config.warmup_completes + config.completes + 1  # +1: counting its SQL
+    _log(f"seeding: {config.readers} workflows to read, {to_complete} to complete")
+    base = seed.base_seed(projects=config.projects, member_of=config.member_of)
+    readers = seed.workflows_in_planning(base=base, count=config.readers, label="Reader")
+    completers = seed.workflows_in_planning(base=base, count=to_complete, label="Completer")
+    complete_body = {
+        "ai_response": "Plan ready.",
+        "phase_result": EVIDENCE_EXAMPLES[State.PLANNING],
+        "phase": State.PLANNING,
+    }
+    sql = _sql_per_request(
+        base.token,
+        {
+            "status": ("get", f"/api/ai-workflows/status/{readers[0]}", None),
+            "get-ai-prompt": ("post", f"/api/ai-workflows/get-ai-prompt/{readers[0]}", None),
+            "complete-phase": (
+                "post",
+                "/api/ai-workflows/complete-phase",
+                {"workflow_id": completers.pop(), **complete_body},
+            ),
+            FLOOR_SELECT: ("get", f"/bench/floor/select/{readers[0]}", None),
+            FLOOR_WRITE: ("post", "/bench/floor/write", {"counter_id": 1}),
+        },
+    )
+    seed.workflows_top_up(base=base, total=config.small_rows, template_id=readers[0])
+    seed.vacuum_analyze()
+    small_label = _workflows(seed.workflow_count())
+
+    # A database is copied whole by PostgreSQL, but only while nobody is connected to it.
+    _django_disconnect()
+    _log(f"copying {dbs.main} ({small_label}) to {dbs.small}")
+    database_create(dbs.admin_url, dbs.small, template=dbs.main)
+
+    # --- servers ------------------------------------------------------------------------
+    servers = {}
+    for name in (dbs.main, dbs.small):
+        env = {**server_env, "DATABASE_URL": dbs.url(name)}
+        log = RESULTS / f"daphne-{'1k' if name == dbs.small else 'main'}.log"
+        servers[name] = cleanup.enter_context(Server(env=env, cwd=REPO, log_path=log, app=app))
+    for name, server in servers.items():
+        _log(f"daphne on 127.0.0.1:{server.port} serving {name}")
+        server.wait_ready(f"/bench/floor/select/{readers[0]}")
+    client = Client(servers[dbs.main].port, base.token)
+    small_client = Client(servers[dbs.small].port, base.token)
+    cleanup.callback(client.close)
+    cleanup.callback(small_client.close)
+
+    def body(data: dict) -> bytes:
+        return json.dumps(data).encode()
+
+    def reader(i: int) -> str:
+        return readers[i % len(readers)]
+
+    status = Endpoint(
+        "status", client, lambda i: ("GET", f"/api/ai-workflows/status/{reader(i)}", None)
+    )
+    prompt = Endpoint(
+        "get-ai-prompt",
+        client,
+        lambda i: ("POST", f"/api/ai-workflows/get-ai-prompt/{reader(i)}", None),
+    )
+    complete = Endpoint(
+        "complete-phase",
+        client,
+        lambda i: (
+            "POST",
+            "/api/ai-workflows/complete-phase",
+            body({"workflow_id": completers[i], **complete_body}),
+        ),
+        check=expect_json(previous_state=State.PLANNING, new_state=State.IMPLEMENTATION),
+    )
+    floor_select = Endpoint(
+        FLOOR_SELECT, client, lambda i: ("GET", f"/bench/floor/select/{reader(i)}", None)
+    )
+    floor_write = Endpoint(
+        FLOOR_WRITE,
+        client,
+        lambda i: ("POST", "/bench/floor/write", body({"counter_id": i % COUNTER_ROWS + 1})),
+    )
+
+    # --- main stage ---------------------------------------------------------------------
+    _log("warming up")
+    for endpoint in (floor_select, status, prompt, floor_write):
+        endpoint.run(config.warmup_reads, record=False)
+    complete.run(config.warmup_completes, record=False)
+    _log(
+        f"main stage ({small_label}): {config.reads} x status, get-ai-prompt and each "
+        f"floor, {config.completes} x complete-phase, in {config.batches} interleaved rounds"
+    )
+    with _quiet_gc():
+        interleaved(
+            [
+                (floor_select, config.reads),
+                (status, config.reads),
+                (prompt, config.reads),
+                (floor_write, config.reads),
+                (complete, config.completes),
+            ],
+            batches=config.batches,
+        )
+
+    # --- scale stage --------------------------------------------------------------------
+    staged = time.monotonic()
+    seed.workflows_top_up(base=base, total=config.large_rows, template_id=readers[0])
+    seed.vacuum_analyze()
+    large_label = _workflows(seed.workflow_count())
+    _log(f"grew {dbs.main} to {large_label} in {time.monotonic() - staged:.1f} s")
+    scale_endpoints = []
+    for label, name, on in (
+        (small_label, dbs.small, small_client),
+        (large_label, dbs.main, client),
+    ):
+        sample = seed.visible_sample(
+            database_url=dbs.url(name), user_id=base.user_id, count=config.scale_sample
+        )
+
+        def sampled(i: int, sample: list[str] = sample) -> str:
+            return sample[i % len(sample)]
+
+        scale_endpoints += [
+            Endpoint(
+                f"{FLOOR_SELECT} @ {label}",
+                on,
+                lambda i, s=sampled: ("GET", f"/bench/floor/select/{s(i)}", None),
+            ),
+            Endpoint(
+                f"status @ {label}",
+                on,
+                lambda i, s=sampled: ("GET", f"/api/ai-workflows/status/{s(i)}", None),
+            ),
+        ]
+    for endpoint in scale_endpoints:
+        endpoint.run(config.warmup_reads, record=False)
+    _log(
+        f"scale stage: {config.scale_reads} x status and floor at {small_label} and at "
+        f"{large_label}, interleaved"
+    )
+    with _quiet_gc():
+        interleaved([(e, config.scale_reads) for e in scale_endpoints], batches=config.batches)
+
+    # --- results ------------------------------------------------------------------------
+    small_floor, small_status, large_floor, large_status = scale_endpoints
+    baselines = {
+        "status": FLOOR_SELECT,
+        "get-ai-prompt": FLOOR_SELECT,
+        "complete-phase": FLOOR_WRITE,
+        small_status.name: small_floor.name,
+        large_status.name: small_status.name,
+    }
+    targets = [("complete-phase", 2.0), ("status", 1.5), (large_status.name, 1.2)]
+    endpoints = [status, prompt, complete, small_status, large_status]
+    endpoints += [floor_select, floor_write, small_floor, large_floor]
+    stats = {e.name: Stats.of(e.samples_ns) for e in endpoints}
+    series = {}
+    for name, s in stats.items():
+        kind = name.split(" @ ")[0]
+        series[name] = {
+            **asdict(s),
+            "sql_statements": len(sql[kind]) if kind in sql else None,
+            "baseline": baselines.get(name),
+        }
+    return {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "environment": {
+            **report.environment(
+                database_url=dbs.url(dbs.main), redis_url=server_env.get("REDIS_URL", "")
+            ),
+            "settings": server_env["DJANGO_SETTINGS_MODULE"],
+            "app": app,
+        },
+        "client": {
+            "kind": "http.client, one keep-alive connection per server, one request at a time",
+            "connections_opened": client.connects + small_client.connects,
+        },
+        "complete_phase_move": "PLANNING -> IMPLEMENTATION, DISCOVERY completed at seeding",
+        "scale_note": f"{small_label} from a copy of the database served by a second daphne, "
+        "interleaved with the first",
+        "series": series,
+        "targets": [_target(stats, name, baselines[name], limit) for name, limit in targets],
+        "sql": sql,
+    }
+
+
+def _workflows(count: int) -> str:
+    return f"{count:,} workflows"
+
+
+def _target(stats: dict, measured: str, baseline: str, limit: float) -> dict:
+    ratio = stats[measured].p50_ms / stats[baseline].p50_ms
+    return {
+        "measured": measured,
+        "baseline": baseline,
+        "limit_p50_ratio": limit,
+        "p50_ratio": round(ratio, 3),
+        "p99_ratio": round(stats[measured].p99_ms / stats[baseline].p99_ms, 3),
+        "passed": ratio <= limit,
+    }
+
+
+def _sql_per_request(token: str, requests: dict[str, tuple]) -> dict[str, list[str]]:
+    """The statements one request of each endpoint sends to PostgreSQL, BEGIN/COMMIT too.
+
+    Counted in this process through Django's test client, on the same database.
+    """
+    from django.db import connection, reset_queries
+    from django.test import Client as DjangoClient
+    from django.test.utils import CaptureQueriesContext
+
+    client = DjangoClient(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Token {token}")
+    client.get(requests["status"][1])  # the token's first use writes last_used_at
+    found = {}
+    for name, (method, path, data) in requests.items():
+        reset_queries()
+        with CaptureQueriesContext(connection) as captured:
+            response = getattr(client, method)(path, data=data, content_type="application/json")
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"{name}: {path} answered {response.status_code}: {response.content}"
+            )
+        found[name] = [q["sql"] for q in captured.captured_queries]
+    return found
+
+
+@contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """No collector pauses in the client while it times requests (the server keeps its own)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def _django_disconnect() -> None:
+    if "django.db" not in sys.modules:
+        return
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if getattr(connection, "pool", None) is not None:
+            connection.close_pool()
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description="Latency of the IDE endpoints beside bare-view floors, on PostgreSQL.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests: a smoke run")
+    parser.add_argument(
+        "--redis",
+        nargs="?",
+        const=DEFAULT_REDIS_URL,
+        default=None,
+        metavar="URL",
+        help="serve with REDIS_URL set (throttle cache and channel layer on Redis, as in "
+        f"production); URL defaults to {DEFAULT_REDIS_URL}",
+    )
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("BENCH_ADMIN_DATABASE_URL", DEFAULT_ADMIN_URL),
+        help="PostgreSQL URL the bench creates and drops its databases through "
+        f"(env BENCH_ADMIN_DATABASE_URL; default {DEFAULT_ADMIN_URL})",
+    )
+    parser.add_argument("--db-name", help="bench database name (default topdog_bench_<pid>)")
+    parser.add_argument(
+        "--keep-db", action="store_true", help="keep the bench databases to look into them"
+    )
+    parser.add_argument(
+        "--settings",
+        default="bench.settings",
+        help="settings module of the servers, for experiments (default bench.settings)",
+    )
+    parser.add_argument(
+        "--app",
+        default="topdog.asgi:application",
+        help="ASGI application daphne serves, for experiments (default topdog.asgi:application)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Settings of the bench server: TopDog's own, plus the floor views, with throttles out of reach.
+
+The throttle classes stay installed (their cache round trip is part of every real request),
+but with a one-second window and a rate no sequential client reaches, so they never answer
+429 and their per-user history stays as short as a real user's.
+"""
+
+from topdog.env import env_str
+from topdog.settings import *  # noqa: F403
+from topdog.settings import CACHES, CHANNEL_LAYERS, REDIS_URL, REST_FRAMEWORK
+
+# DEBUG would record every query in memory and slow the server down.
+DEBUG = False
+ROOT_URLCONF = "bench.urls"
+
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("BENCH_THROTTLE_RATE", "1000000/s"),
+        "user": env_str("BENCH_THROTTLE_RATE", "1000000/s"),
+    },
+}
+
+if REDIS_URL:
+    # Keep the bench's throttle counters and groups apart from a dev server on the same Redis.
+    CACHES = {"default": {**CACHES["default"], "KEY_PREFIX": "topdog-bench"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            **CHANNEL_LAYERS["default"],
+            "CONFIG": {**CHANNEL_LAYERS["default"]["CONFIG"], "prefix": "topdog-bench"},
+        }
+    }
