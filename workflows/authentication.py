@@ -9,6 +9,17 @@ from rest_framework.request import Request
 
 from workflows.models import ApiToken
 
+# What a request needs of the token and its user; other user fields load if touched.
+AUTH_FIELDS = (
+    "id",
+    "last_used_at",
+    "user__id",
+    "user__username",
+    "user__is_active",
+    "user__is_superuser",
+    "user__is_staff",
+)
+
 # last_used_at is bumped at most this often, so authentication stays one read.
 _LAST_USED_RESOLUTION = timedelta(minutes=5)
 
@@ -29,7 +40,11 @@ class ApiTokenAuthentication(BaseAuthentication):
         except UnicodeDecodeError as exc:
             raise AuthenticationFailed("the token is not valid ASCII") from exc
         try:
-            token = ApiToken.objects.select_related("user").get(digest=ApiToken.digest_of(raw))
+            token = (
+                ApiToken.objects.select_related("user")
+                .only(*AUTH_FIELDS)
+                .get(digest=ApiToken.digest_of(raw))
+            )
         except ApiToken.DoesNotExist as exc:
             raise AuthenticationFailed(
                 "invalid or revoked token; create one with `manage.py topdog token create`"

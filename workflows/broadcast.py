@@ -69,14 +69,13 @@ def workflow_events_broadcast(*, events: list[Any]) -> None:
 
 async def _send_all(layer: Any, events: list[Any]) -> None:
     # All events of one call belong to one committed change of one workflow, whose
-    # in-memory object is the state after commit: one summary serves them all.
-    summary = workflow_summary(events[-1].workflow)
-    for event in events:
-        frame = event_frame(event)
-        await layer.group_send(
-            workflow_group(event.workflow_id), {"type": "workflow.event", "frame": frame}
-        )
-        await layer.group_send(
-            project_group(event.workflow.project_id),
-            {"type": "dashboard.event", "frame": frame, "summary": summary},
-        )
+    # in-memory object is the state after commit: one message per group carries them all.
+    workflow = events[-1].workflow
+    frames = [event_frame(event) for event in events]
+    await layer.group_send(
+        workflow_group(workflow.id), {"type": "workflow.events", "frames": frames}
+    )
+    await layer.group_send(
+        project_group(workflow.project_id),
+        {"type": "dashboard.events", "frames": frames, "summary": workflow_summary(workflow)},
+    )

@@ -90,18 +90,18 @@ class WorkflowConsumer(AsyncJsonWebsocketConsumer):
                 {"type": "error", "detail": "send {'type': 'ping'} or {'type': 'resume'}"}
             )
 
-    async def workflow_event(self, message: dict) -> None:
-        """A live event from the group: send it unless already sent; fill any gap first."""
-        frame = message["frame"]
+    async def workflow_events(self, message: dict) -> None:
+        """Live events of one commit: send those not sent yet; fill any gap first."""
         async with self.lock:
-            if frame["seq"] <= self.last_seq:
-                return
-            if frame["seq"] > self.last_seq + 1 and not await self._catch_up(
-                up_to=frame["seq"] - 1
-            ):
-                return
-            await self.send_json(frame)
-            self.last_seq = frame["seq"]
+            for frame in message["frames"]:
+                if frame["seq"] <= self.last_seq:
+                    continue
+                if frame["seq"] > self.last_seq + 1 and not await self._catch_up(
+                    up_to=frame["seq"] - 1
+                ):
+                    return
+                await self.send_json(frame)
+                self.last_seq = frame["seq"]
 
     async def ai_delta(self, message: dict) -> None:
         """Streaming token deltas of a running AI call: not persisted, no seq."""
@@ -167,10 +167,11 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
-    async def dashboard_event(self, message: dict) -> None:
-        await self.send_json(
-            {"type": "workflow.changed", "event": message["frame"], "workflow": message["summary"]}
-        )
+    async def dashboard_events(self, message: dict) -> None:
+        for frame in message["frames"]:
+            await self.send_json(
+                {"type": "workflow.changed", "event": frame, "workflow": message["summary"]}
+            )
 
 
 def _query_param(scope: dict, name: str) -> str | None:

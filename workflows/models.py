@@ -191,6 +191,9 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
 
     last_event_seq = models.PositiveIntegerField(default=0)
     last_message_seq = models.PositiveIntegerField(default=0)
+    # Results submitted per phase ({"TESTING": 2}), so the next attempt number needs no
+    # query.
+    phase_attempts = models.JSONField(default=dict, blank=True)
 
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
@@ -235,6 +238,30 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
     def next_message_seq(self) -> int:
         self.last_message_seq += 1
         return self.last_message_seq
+
+    def next_attempt(self, phase: str) -> int:
+        attempts = dict(self.phase_attempts or {})
+        attempts[phase] = attempts.get(phase, 0) + 1
+        self.phase_attempts = attempts
+        return attempts[phase]
+
+    # Columns a transition may change; saves write only these (never the requirements).
+    MUTABLE_FIELDS = (
+        "state",
+        "current_role",
+        "last_phase",
+        "awaiting_approval",
+        "regression_count",
+        "terminal_reason",
+        "last_event_seq",
+        "last_message_seq",
+        "phase_attempts",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "updated_at",
+        "completed_at",
+    )
 
     def _enter(self, state: str) -> str:
         self.current_role = role_for_state(state)

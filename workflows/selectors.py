@@ -56,6 +56,40 @@ def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workfl
         raise WorkflowNotFound() from exc
 
 
+STATUS_FIELDS = (
+    "id",
+    "state",
+    "current_role",
+    "last_phase",
+    "awaiting_approval",
+    "regression_count",
+)
+
+
+def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
+    """The IDE's status of one workflow the user may see: one narrow query, no joins
+    beyond membership, no model instance beyond the six fields it needs."""
+    try:
+        workflow = (
+            Workflow.objects.filter(project__memberships__user=user)
+            .only(*STATUS_FIELDS)
+            .get(pk=workflow_id)
+        )
+    except (Workflow.DoesNotExist, ValueError, ValidationError) as exc:
+        raise WorkflowNotFound() from exc
+    completed = workflow.completed_phases()
+    return {
+        "workflow_id": str(workflow.id),
+        "current_state": workflow.state,
+        "progress": workflow.progress(),
+        "completed_phases": completed,
+        "next_role": workflow.current_role,
+        "is_complete": workflow.is_complete,
+        "awaiting_approval": workflow.awaiting_approval,
+        "regression_count": workflow.regression_count,
+    }
+
+
 def workflow_events(*, workflow: Workflow, after: int = 0) -> QuerySet[WorkflowEvent]:
     return WorkflowEvent.objects.filter(workflow=workflow, seq__gt=after).order_by("seq")
 

@@ -260,7 +260,10 @@ def _save(
 ) -> None:
     """Write the workflow, its new events and handoff; broadcast the events after commit."""
     events = list(events)
-    workflow.save()
+    if workflow._state.adding:
+        workflow.save(force_insert=True)
+    else:
+        workflow.save(update_fields=Workflow.MUTABLE_FIELDS)
     WorkflowEvent.objects.bulk_create(events)
     if handoff is not None:
         handoff.save()
@@ -361,7 +364,7 @@ def workflow_phase_complete(
             phase, evidence, workflow.project.quality_threshold
         )
         gated = regress_to is None and workflow.project.has_gate(phase)
-        attempt = PhaseResult.objects.filter(workflow=workflow, phase=phase).count() + 1
+        attempt = workflow.next_attempt(phase)
         phase_result = PhaseResult.objects.create(
             workflow=workflow,
             phase=phase,

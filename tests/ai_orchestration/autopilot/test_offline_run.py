@@ -65,7 +65,9 @@ def test_offline_autopilot_runs_a_workflow_to_complete(
         except TimeoutError:
             break
         frames.append(message)
-    kinds = [f.get("frame", {}).get("type") for f in frames]
+    kinds = [f.get("frame", {}).get("type") for f in frames] + [
+        frame["type"] for f in frames for frame in f.get("frames", [])
+    ]
     assert "ai.delta" in kinds
     assert "workflow.transitioned" in kinds
     seqs = list(WorkflowEvent.objects.filter(workflow=workflow).values_list("seq", flat=True))

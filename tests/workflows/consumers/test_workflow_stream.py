@@ -77,7 +77,7 @@ async def test_duplicate_live_frames_are_dropped_and_gaps_filled_from_the_databa
     )()
     layer = get_channel_layer()
     await layer.group_send(
-        workflow_group(workflow.id), {"type": "workflow.event", "frame": event_frame(events[2])}
+        workflow_group(workflow.id), {"type": "workflow.events", "frames": [event_frame(events[2])]}
     )
     assert await ws.receive_nothing(timeout=0.2)
     await ws.disconnect()
@@ -103,7 +103,8 @@ async def test_a_gap_in_live_delivery_is_filled_from_the_database(project, user,
     )()
     # ... then only the last one (seq 5) arrives live
     await get_channel_layer().group_send(
-        workflow_group(workflow.id), {"type": "workflow.event", "frame": event_frame(events[-1])}
+        workflow_group(workflow.id),
+        {"type": "workflow.events", "frames": [event_frame(events[-1])]},
     )
     got = [await ws.receive_json_from(timeout=5) for _ in range(4)]
     assert [f["seq"] for f in got] == [2, 3, 4, 5]
