@@ -60,6 +60,13 @@ def django_db_setup(django_db_setup, django_db_blocker):
     """Close pooled connections before the test database is dropped (else DROP fails)."""
     yield
     with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            # Worker threads of async tests keep their own connections open; end them.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
         for conn in connections.all():
             conn.close()
             if getattr(conn, "pool", None) is not None:

@@ -1,4 +1,5 @@
 import logging
+import pickle
 import time
 import traceback
 
@@ -22,7 +23,11 @@ from tests.integrations.conftest import SEED_FILES, TOKEN
 from tests.integrations.fake_github import FakeGitHub
 
 CHANGE_SET = [
-    {"path": "shop/views.py", "action": "modify", "content": "def index(request):\n    return 'hello'\n"},
+    {
+        "path": "shop/views.py",
+        "action": "modify",
+        "content": "def index(request):\n    return 'hello'\n",
+    },
     {"path": "shop/api/orders.py", "action": "create", "content": "ORDERS = []\n"},
     {"path": "docs/old.md", "action": "delete"},
 ]
@@ -131,7 +136,6 @@ def test_branch_create_returns_a_branch_that_moved_on_from_its_start(gh, fake_gi
 
 
 def test_branch_create_refuses_an_unrelated_existing_branch(gh, fake_github):
-    fake_github.repos["acme/shop"].refs["heads/topdog/wf-1"] = "0" * 40
     repo = fake_github.repos["acme/shop"]
     orphan = repo.commit_write(repo.tree_from_flat({}), [], "orphan")
     repo.refs["heads/topdog/wf-1"] = orphan
@@ -219,6 +223,17 @@ def test_change_set_on_a_branch_that_moved_is_a_conflict(gh, fake_github):
     assert caught.value.kind == "conflict"
     assert "rebuild the change set" in str(caught.value)
     assert "shop/api/orders.py" not in repo.files("topdog/wf-1")
+
+
+def test_branch_moving_during_the_commit_is_a_conflict(gh, fake_github):
+    github_branch_create(**gh, branch="topdog/wf-1")
+    fake_github.fault(422, method="PATCH", message="Update is not a fast forward")
+
+    with pytest.raises(GitHubError) as caught:
+        github_change_set_commit(**gh, branch="topdog/wf-1", message="m", files=CHANGE_SET)
+
+    assert caught.value.kind == "conflict"
+    assert "moved while the commit was being made" in str(caught.value)
 
 
 def test_change_set_without_base_sha_stacks_on_the_head(gh, fake_github):
@@ -457,9 +472,7 @@ def test_unreachable_server(policy, clock):
 def test_token_never_appears_in_errors_reprs_or_logs(gh, fake_github, caplog, policy):
     caplog.set_level(logging.DEBUG)  # PyGithub and urllib3 included
     # A misbehaving server that echoes the credential back in its error text.
-    fake_github.fault(
-        422, method="POST", path=r"/git/refs$", message=f"bad header: token {TOKEN}"
-    )
+    fake_github.fault(422, method="POST", path=r"/git/refs$", message=f"bad header: token {TOKEN}")
     fake_github.fault(500, path=r"/languages$", message=f"upstream said {TOKEN}")
     errors = []
     for call in (
@@ -475,10 +488,20 @@ def test_token_never_appears_in_errors_reprs_or_logs(gh, fake_github, caplog, po
     texts = [str(e) for e in errors] + [repr(e) for e in errors]
     texts += ["".join(traceback.format_exception(e)) for e in errors]
     texts += [caplog.text, repr(SecretToken(TOKEN)), str(SecretToken(TOKEN)), repr(policy)]
-    texts.append(repr(GitHubCaller(token=SecretToken(TOKEN), repo="a/b", base_url="", policy=policy)))
+    texts.append(
+        repr(GitHubCaller(token=SecretToken(TOKEN), repo="a/b", base_url="", policy=policy))
+    )
     assert "[redacted]" in str(errors[0])
     assert all(TOKEN not in text for text in texts)
     assert errors[0].__cause__ is None
+
+
+def test_errors_survive_pickling_for_task_queues():
+    error = GitHubError("refused", "GitHub refused the change (422): nope", 422)
+
+    again = pickle.loads(pickle.dumps(error))
+
+    assert (again.kind, again.message, again.status) == ("refused", error.message, 422)
 
 
 def test_a_secret_token_object_is_accepted(gh, fake_github):
