@@ -51,6 +51,7 @@ from workflows.broadcast import workflow_group
 from workflows.errors import TransitionConflict
 from workflows.evidence import evidence_validate
 from workflows.models import Workflow
+from workflows.release import ReleaseFailed, release_make
 from workflows.services import (
     Actor,
     CallUsage,
@@ -303,11 +304,21 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
 
     final = calls[-1]
     usage = _usage_of(calls, prompt.prompt_version)
+    ai_response = final.content
+    if phase == "DEPLOYMENT":
+        # The RELEASE_MANAGER's record is replaced by the real one: push, pull request.
+        try:
+            evidence, summary = release_make(workflow=workflow)
+        except ReleaseFailed as exc:
+            _book_calls(run, calls)
+            _finish_by_id(run.id, AIRun.Status.FAILED, error=f"DEPLOYMENT: {exc}")
+            return False
+        ai_response = f"{final.content}\n\n{summary}"
     try:
         with transaction.atomic():
             outcome = workflow_phase_complete(
                 workflow_id=workflow.id,
-                ai_response=final.content,
+                ai_response=ai_response,
                 result=evidence,
                 actor=AUTOPILOT,
                 expected_state=phase,

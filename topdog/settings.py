@@ -325,3 +325,17 @@ TOPDOG_AUTOPILOT_MAX_RECOVERIES = env_int("TOPDOG_AUTOPILOT_MAX_RECOVERIES", 3)
 # all of them decrypt, so a new key can be put first and the old one kept for a while.
 # When unset, a key is derived from SECRET_KEY.
 TOPDOG_ENCRYPTION_KEYS = env_list("TOPDOG_ENCRYPTION_KEYS", [])
+
+# --- GitHub and git remotes -----------------------------------------------------------
+# GitHub's REST API (set for GitHub Enterprise: https://ghe.example.com/api/v3).
+TOPDOG_GITHUB_API_URL = env_str("TOPDOG_GITHUB_API_URL", "https://api.github.com")
+# Hosts a project's repository may be on (owner/name refers to the first).
+TOPDOG_REPOSITORY_HOSTS = env_list("TOPDOG_REPOSITORY_HOSTS", ["github.com"])
+# Hosts a project's plain git remote (https) may point at.
+TOPDOG_GIT_REMOTE_HOSTS = env_list(
+    "TOPDOG_GIT_REMOTE_HOSTS", ["github.com", "gitlab.com", "bitbucket.org", "codeberg.org"]
+)
+# Allow file:// remotes (local bare repositories): for tests and single-machine setups.
+TOPDOG_GIT_ALLOW_LOCAL_REMOTES = env_bool("TOPDOG_GIT_ALLOW_LOCAL_REMOTES", False)
+TOPDOG_GIT_AUTHOR_NAME = env_str("TOPDOG_GIT_AUTHOR_NAME", "TopDog")
+TOPDOG_GIT_AUTHOR_EMAIL = env_str("TOPDOG_GIT_AUTHOR_EMAIL", "topdog@localhost")

@@ -742,7 +742,7 @@ class WorkflowEventAdmin(_AuditLogAdmin):
 # --- projects and API tokens -----------------------------------------------------------
 
 
-SECRET_FIELDS = ("openai_api_key", "anthropic_api_key")
+SECRET_FIELDS = Project.SECRET_FIELDS
 
 
 class ProjectAdminForm(forms.ModelForm):
@@ -765,6 +765,7 @@ class ProjectAdminForm(forms.ModelForm):
             "quality_threshold",
             "budget_usd",
             "role_models",
+            "git_remote_url",
             *SECRET_FIELDS,
         )
         widgets = {

@@ -191,14 +191,25 @@ class DeploymentEvidence(serializers.Serializer):
     pull_request_url = serializers.URLField(required=False, allow_null=True, default=None)
     pull_request_number = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     pushed = serializers.BooleanField(default=True)
+    remote = serializers.CharField(
+        required=False, default="", allow_blank=True, help_text="The git remote pushed to."
+    )
     reason = serializers.CharField(required=False, default="", allow_blank=True)
+    patch = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        trim_whitespace=False,
+        max_length=5_000_000,
+        help_text="Unified diff of the change set, when there was nowhere to push it.",
+    )
 
     def validate(self, attrs: dict) -> dict:
-        if attrs["pushed"] and not attrs["pull_request_url"]:
+        if attrs["pushed"] and not (attrs["pull_request_url"] or attrs["remote"]):
             raise serializers.ValidationError(
                 {
-                    "pull_request_url": "a pushed release needs its pull request URL "
-                    "(or set pushed=false with a reason)"
+                    "pull_request_url": "a pushed release needs its pull request URL or the "
+                    "remote it went to (or set pushed=false with a reason)"
                 }
             )
         if not attrs["pushed"] and not attrs["reason"].strip():

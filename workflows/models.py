@@ -65,6 +65,19 @@ class Project(models.Model):
     # Secrets: encrypted at rest, write-only in the API, never logged or broadcast.
     openai_api_key = EncryptedTextField(blank=True, help_text="Overrides OPENAI_API_KEY.")
     anthropic_api_key = EncryptedTextField(blank=True, help_text="Overrides ANTHROPIC_API_KEY.")
+    github_token = EncryptedTextField(
+        blank=True,
+        help_text="Fine-grained token for the repository with contents:write and "
+        "pull_requests:write (read-only scopes are enough for repository context).",
+    )
+    git_remote_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Without GitHub: an https git remote the change is pushed to.",
+    )
+    git_remote_token = EncryptedTextField(
+        blank=True, help_text="Password or token for the git remote, if it needs one."
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -94,7 +107,7 @@ class Project(models.Model):
                 {"role_models": f"unknown models {bad_models}; choose from {sorted(models_known)}"}
             )
 
-    SECRET_FIELDS = ("openai_api_key", "anthropic_api_key")
+    SECRET_FIELDS = ("openai_api_key", "anthropic_api_key", "github_token", "git_remote_token")
 
     def provider_api_key(self, provider: str) -> str:
         """The project's own key for `provider`, or "" to use the service's."""

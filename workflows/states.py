@@ -106,6 +106,7 @@ class EventType(models.TextChoices):
     APPROVAL_REQUESTED = "approval.requested"
     TRANSITIONED = "workflow.transitioned"
     MESSAGE_CREATED = "message.created"
+    RELEASE_FAILED = "release.failed"
 
 
 class Sender(models.TextChoices):

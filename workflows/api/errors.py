@@ -20,6 +20,7 @@ from workflows.errors import (
     TransitionConflict,
     WorkflowNotFound,
 )
+from workflows.release import ReleaseFailed
 
 
 class IdempotencyKeyReused(exceptions.APIException):
@@ -52,6 +53,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             {"detail": "another request changed this workflow first; fetch it and retry"},
             status=409,
         )
+    if isinstance(exc, ReleaseFailed):
+        return Response({"detail": f"the release failed: {exc}"}, status=502)
     if isinstance(exc, ActionForbidden):
         return Response({"detail": str(exc)}, status=403)
     if isinstance(exc, RequestDataTooBig):

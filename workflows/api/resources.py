@@ -4,12 +4,18 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from integrations.repository import (
+    UnsafeRepositoryReference,
+    git_remote_url_check,
+    repository_ref_parse,
+)
 from workflows import selectors
 from workflows.api.base import (
     ApiView,
@@ -19,8 +25,9 @@ from workflows.api.base import (
 )
 from workflows.api.filters import WorkflowFilter
 from workflows.api.ide import RequirementsField, _valid
-from workflows.errors import ActionForbidden
+from workflows.errors import ActionForbidden, WorkflowNotFound
 from workflows.models import Membership, Project
+from workflows.release import workflow_release
 from workflows.services import (
     Actor,
     workflow_approve,
@@ -38,12 +45,17 @@ from workflows.states import PHASES, MemberRole, Role, State, Transition
 
 class ProjectInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    repository = serializers.RegexField(
-        r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+    repository = serializers.CharField(
         max_length=200,
         required=False,
         allow_blank=True,
-        error_messages={"invalid": "use owner/name, e.g. acme/widgets"},
+        help_text="owner/name on an allowed host (TOPDOG_REPOSITORY_HOSTS).",
+    )
+    git_remote_url = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        help_text="Without GitHub: an https remote on TOPDOG_GIT_REMOTE_HOSTS.",
     )
     default_branch = serializers.CharField(max_length=100, required=False)
     approval_gates = serializers.ListField(
@@ -64,6 +76,20 @@ class ProjectInputSerializer(serializers.Serializer):
         max_length=500,
         help_text="Write-only; stored encrypted. Empty string removes it.",
     )
+    github_token = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="Write-only; stored encrypted. Needs contents:write and pull_requests:write.",
+    )
+    git_remote_token = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="Write-only; stored encrypted.",
+    )
     anthropic_api_key = serializers.CharField(
         write_only=True,
         required=False,
@@ -71,6 +97,27 @@ class ProjectInputSerializer(serializers.Serializer):
         max_length=500,
         help_text="Write-only; stored encrypted. Empty string removes it.",
     )
+
+    def validate_repository(self, value: str) -> str:
+        if not value:
+            return value
+        try:
+            ref = repository_ref_parse(value, allowed_hosts=set(settings.TOPDOG_REPOSITORY_HOSTS))
+        except UnsafeRepositoryReference as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return ref.full_name
+
+    def validate_git_remote_url(self, value: str) -> str:
+        if not value:
+            return value
+        try:
+            return git_remote_url_check(
+                value,
+                allowed_hosts=set(settings.TOPDOG_GIT_REMOTE_HOSTS),
+                allow_local_paths=settings.TOPDOG_GIT_ALLOW_LOCAL_REMOTES,
+            )
+        except UnsafeRepositoryReference as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate_role_models(self, value: dict) -> dict:
         unknown = sorted(set(value) - set(Role.values))
@@ -260,6 +307,40 @@ class WorkflowCancelApi(ApiView):
             workflow_id=workflow_id, actor=Actor.of(request.user), reason=data.get("reason", "")
         )
         return _transitioned(request, outcome)
+
+
+class WorkflowReleaseApi(ApiView):
+    """DEPLOYMENT for real: push the change set and open the pull request (or store a
+    patch when the project has nowhere to push), then complete the phase."""
+
+    @extend_schema(request=None, responses=WorkflowDetailSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        outcome = workflow_release(workflow_id=workflow_id, actor=Actor.of(request.user))
+        return _transitioned(request, outcome)
+
+
+class WorkflowPatchApi(ApiView):
+    """The released change set as a unified diff (`git apply` it)."""
+
+    @extend_schema(responses={(200, "text/x-diff"): str})
+    def get(self, request: Request, workflow_id: str) -> HttpResponse:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        release = (
+            selectors.workflow_phase_results(workflow=workflow)
+            .filter(phase="DEPLOYMENT", status="accepted")
+            .last()
+        )
+        patch = (release.result.get("patch") if release else "") or ""
+        if not patch:
+            raise WorkflowNotFound(
+                "no patch: the workflow has no release, or its change was pushed "
+                "(see the release record's branch and pull request)"
+            )
+        response = HttpResponse(patch, content_type="text/x-diff; charset=utf-8")
+        response["Content-Disposition"] = (
+            f'attachment; filename="topdog-{workflow.id.hex[:8]}.patch"'
+        )
+        return response
 
 
 def _transitioned(request: Request, outcome: object) -> Response:

@@ -71,5 +71,15 @@ urlpatterns = [
         autopilot_api.WorkflowUsageApi.as_view(),
         name="workflow-usage",
     ),
+    path(
+        "workflows/<str:workflow_id>/release/",
+        resources.WorkflowReleaseApi.as_view(),
+        name="workflow-release",
+    ),
+    path(
+        "workflows/<str:workflow_id>/patch/",
+        resources.WorkflowPatchApi.as_view(),
+        name="workflow-patch",
+    ),
     path("health/", health.HealthApi.as_view(), name="health"),
 ]

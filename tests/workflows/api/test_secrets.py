@@ -16,7 +16,12 @@ def test_secret_is_write_only_and_encrypted_at_rest(api, project, caplog):
     response = api.patch(f"/api/projects/{project.slug}/", {"openai_api_key": KEY}, format="json")
     assert response.status_code == 200
     assert KEY not in response.content.decode()
-    assert response.json()["secrets"] == {"openai_api_key": True, "anthropic_api_key": False}
+    assert response.json()["secrets"] == {
+        "openai_api_key": True,
+        "anthropic_api_key": False,
+        "github_token": False,
+        "git_remote_token": False,
+    }
     assert KEY not in api.get(f"/api/projects/{project.slug}/").content.decode()
     assert KEY not in api.get("/api/projects/").content.decode()
 
