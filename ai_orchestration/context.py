@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from ai_orchestration.repository_context import repository_context_text
 from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
 from workflows.evidence import evidence_example
 from workflows.models import Handoff, Message, RoleContext, Workflow
@@ -64,6 +65,15 @@ def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = Non
     # the latest handoff and its feedback).
     used = _cost(system) + _cost(instruction)
 
+    repository = repository_context_text(
+        workflow=workflow, role=role, budget_tokens=max(0, (budget - used) // 4)
+    )
+    repository_message = (
+        {"role": "user", "content": f"Repository context:\n{repository}"} if repository else None
+    )
+    if repository_message is not None:
+        used += _cost(repository_message)
+
     earlier = _handoff_summary(handoffs[:-1])
     summary = {"role": "user", "content": earlier} if earlier else None
     if summary is not None and used + _cost(summary) <= budget:
@@ -72,7 +82,13 @@ def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = Non
         summary = None
 
     kept, used, trimmed = _recent_history(workflow, role, budget, used)
-    messages = [system, *([summary] if summary else []), *kept, instruction]
+    messages = [
+        system,
+        *([repository_message] if repository_message else []),
+        *([summary] if summary else []),
+        *kept,
+        instruction,
+    ]
     return PromptRequest(
         model=model_settings.get("model", workflow.model_name),
         messages=messages,
