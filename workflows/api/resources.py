@@ -43,6 +43,16 @@ from workflows.states import PHASES, MemberRole, Role, State, Transition
 # --- projects --------------------------------------------------------------------------
 
 
+def _secret_field(help_text: str) -> serializers.CharField:
+    return serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text=f"Write-only; stored encrypted; an empty string removes it. {help_text}",
+    )
+
+
 class ProjectInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     repository = serializers.CharField(
@@ -69,34 +79,10 @@ class ProjectInputSerializer(serializers.Serializer):
     role_models = serializers.DictField(
         child=serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS)), required=False
     )
-    openai_api_key = serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=500,
-        help_text="Write-only; stored encrypted. Empty string removes it.",
-    )
-    github_token = serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=500,
-        help_text="Write-only; stored encrypted. Needs contents:write and pull_requests:write.",
-    )
-    git_remote_token = serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=500,
-        help_text="Write-only; stored encrypted.",
-    )
-    anthropic_api_key = serializers.CharField(
-        write_only=True,
-        required=False,
-        allow_blank=True,
-        max_length=500,
-        help_text="Write-only; stored encrypted. Empty string removes it.",
-    )
+    openai_api_key = _secret_field("Overrides OPENAI_API_KEY for this project.")
+    anthropic_api_key = _secret_field("Overrides ANTHROPIC_API_KEY for this project.")
+    github_token = _secret_field("Needs contents:write and pull_requests:write.")
+    git_remote_token = _secret_field("Password or token for git_remote_url.")
 
     def validate_repository(self, value: str) -> str:
         if not value:
