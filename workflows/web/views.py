@@ -141,9 +141,27 @@ def _workflow_page(record: WorkflowRecord) -> dict:
             "phase_results": len(record.phase_results),
             "handoffs": len(record.handoffs),
         },
+        "usage_rows": _usage_rows(record),
         "last_seq": workflow.last_event_seq,
         "board_url": reverse("dashboard:board"),
     }
+
+
+def _usage_rows(record: WorkflowRecord) -> list[dict]:
+    """Tokens and cost per role and per phase, from the messages already loaded."""
+    rows: dict[tuple[str, str], dict] = {}
+    for message in record.messages:
+        if not (message.input_tokens or message.output_tokens):
+            continue
+        for kind, key in (("role", message.role), ("phase", message.phase)):
+            row = rows.setdefault(
+                (kind, key),
+                {"kind": kind, "label": label(key), "input": 0, "output": 0, "cost": Decimal(0)},
+            )
+            row["input"] += message.input_tokens
+            row["output"] += message.output_tokens
+            row["cost"] += message.cost_usd
+    return sorted(rows.values(), key=lambda r: (r["kind"] != "role", r["label"]))
 
 
 def _timeline(record: WorkflowRecord) -> list[TimelineEntry]:

@@ -227,3 +227,18 @@ def test_workflow_record_is_six_queries_whatever_the_history(
     assert [h.kind for h in record.handoffs] == ["forward", "forward", "forward", "regression"]
     assert len(record.events) == record.workflow.last_event_seq
     assert {c.role for c in record.role_contexts} >= {"Q_ASSISTANT", "TEST_AUDITOR"}
+
+
+def test_workflow_page_shows_usage_by_role_and_phase(client, project, user):
+    from ai_orchestration.autopilot import autopilot_start, autopilot_step
+    from tests.factories import workflow_for
+    from workflows.services import Actor
+
+    workflow = workflow_for(project, user)
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    while autopilot_step(run_id=run.id, worker_id="t"):
+        pass
+    client.force_login(user)
+    html = client.get(f"/dashboard/workflows/{workflow.id}/").content.decode()
+    assert 'data-testid="usage"' in html
+    assert "role: Code Writer" in html and "phase: Deployment" in html
