@@ -6,7 +6,7 @@ from integrations.github import CallPolicy
 from tests.integrations.fake_github import FakeGitHub
 
 # Distinctive, so a leak anywhere is easy to spot.
-TOKEN = "ghp_TopDogTestToken7f3a9c1e5b"
+TOKEN = "ghp_test_TopDogToken_7f3a9c1e5b"
 
 SEED_FILES = {
     "README.md": "# Shop\n\nA small web shop.\n",

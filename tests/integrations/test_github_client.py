@@ -298,7 +298,7 @@ def test_every_request_carries_the_token(gh, fake_github):
 
 def test_bad_token(gh):
     with pytest.raises(GitHubError) as caught:
-        github_repository_context(**{**gh, "token": "ghp_revokedTokenValue000"})
+        github_repository_context(**{**gh, "token": "ghp_test_revoked_Value000"})
 
     assert caught.value.kind == "unauthorized"
     assert str(caught.value) == (

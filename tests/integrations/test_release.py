@@ -174,14 +174,14 @@ def test_autopilot_release_failure_fails_the_run_not_the_workflow(
     github_project, user, fake_github
 ):
     workflow = _to_deployment(workflow_for(github_project, user), user, change=CHANGE)
-    github_project.github_token = "ghp_wrongtoken000000000000000000000"
+    github_project.github_token = "ghp_test_wrong_token_000000"
     github_project.save()
     run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
     while autopilot_step(run_id=run.id, worker_id="t"):
         pass
     run.refresh_from_db()
     assert run.status == AIRun.Status.FAILED
-    assert "create a new token" in run.error and "ghp_wrong" not in run.error
+    assert "create a new token" in run.error and "ghp_test_wrong" not in run.error
     workflow.refresh_from_db()
     assert workflow.state == "DEPLOYMENT"
 

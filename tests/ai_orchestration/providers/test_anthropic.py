@@ -29,7 +29,7 @@ from tests.ai_orchestration.fakes import (
 from workflows.evidence import EVIDENCE_EXAMPLES, evidence_validate
 from workflows.states import State
 
-KEY = "sk-ant-test-0123456789abcdef-SECRET"
+KEY = "sk-ant-test_0123456789abcdef_SECRET"
 TEXT = "Three requirements, each with acceptance criteria."
 
 
