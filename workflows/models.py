@@ -22,6 +22,7 @@ from workflows.states import (
     Role,
     Sender,
     State,
+    phases_completed,
     role_for_state,
 )
 
@@ -235,10 +236,7 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
         return self.state == State.COMPLETE
 
     def completed_phases(self) -> list[str]:
-        """Phases whose evidence stands: all before the current (or last) phase."""
-        if self.state == State.COMPLETE:
-            return list(PHASES)
-        return list(PHASES[: PHASES.index(self.last_phase)])
+        return phases_completed(state=self.state, last_phase=self.last_phase)
 
     def progress(self) -> float:
         return round(len(self.completed_phases()) / len(PHASES), 4)

@@ -58,6 +58,13 @@ REGRESSION_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def phases_completed(*, state: str, last_phase: str) -> list[str]:
+    """Phases whose evidence stands: all before the current (or last) phase."""
+    if state == State.COMPLETE:
+        return list(PHASES)
+    return list(PHASES[: PHASES.index(last_phase)])
+
+
 def role_for_state(state: str) -> str | None:
     """The role that owns `state`, or None for terminal states."""
     return PHASE_ROLE.get(state)
