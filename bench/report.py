@@ -1,4 +1,4 @@
-"""The printed table and the environment recorded beside the numbers."""
+"""The printed tables (one per part) and the environment recorded beside the numbers."""
 
 import os
 import platform
@@ -7,8 +7,26 @@ from importlib.metadata import version
 import psycopg
 
 
+def tables(results: dict) -> str:
+    """Every part's table, then one line of verdicts."""
+    makers = {"api": table, "ws": ws_table, "prompt": prompt_table}
+    blocks = [makers[part](results[part]) for part in results["parts"]]
+    verdicts = ", ".join(
+        f"{t['part']} {t['measured']}: {'PASS' if t['passed'] else 'MISS'}"
+        for t in results["targets"]
+    )
+    env = results["environment"]
+    blocks.append(
+        f"Targets: {verdicts}.\nPostgreSQL {env['postgresql']}; Django {env['django']}; "
+        f"daphne {env['daphne']}; Python {env['python']}; {env['cpus']} CPUs; load at end "
+        f"{_load(env)}. {results['duration_s']} s in all"
+        f"{' (--quick)' if results['quick'] else ''}."
+    )
+    return "\n\n".join(blocks)
+
+
 def table(results: dict) -> str:
-    """One line per measured series: its latency, its floor, the ratio and the verdict."""
+    """The api part: one line per measured series, its floor, the ratio and the verdict."""
     series = results["series"]
     targets = {t["measured"]: t for t in results["targets"]}
     baselines = {name: info["baseline"] for name, info in series.items() if info["baseline"]}
@@ -24,7 +42,7 @@ def table(results: dict) -> str:
         f"{'target':<7} result"
     )
     rule = "-" * len(header)
-    lines = [rule, header, rule]
+    lines = ["api: IDE endpoints beside bare-view floors", rule, header, rule]
     for name in names:
         s = series[name]
         sql = "" if s["sql_statements"] is None else str(s["sql_statements"])
@@ -73,3 +91,133 @@ def environment(*, database_url: str, redis_url: str) -> dict:
         "load_average_at_end": load,
         "redis": redis_url or "in-memory (no REDIS_URL)",
     }
+
+
+def ws_table(results: dict) -> str:
+    """The ws part: per client count, commit-to-receipt beside the bare consumer's floor."""
+    series = results["series"]
+    targets = {t["measured"]: t for t in results["targets"]}
+    header = (
+        f"{'clients':>7} {'rounds':>6} {'frames':>6} | {'app p50':>7} {'p99 ms':>7} "
+        f"{'last':>6} | {'floor p50':>9} {'p99 ms':>7} {'last':>6} | {'ratio p50':>9} "
+        f"{'p99':>6} | {'lost':>4} {'dup':>3} {'order':>5} | {'target':<9} result | "
+        f"{'floor+hop p50':>13} {'p99':>6}"
+    )
+    rule = "-" * len(header)
+    env = results["environment"]
+    lines = [
+        f"ws: transition commit -> websocket receipt, beside a bare consumer's group_send "
+        f"(channel layer: {env['channel_layer']})",
+        rule,
+        header,
+        rule,
+    ]
+    footer = []
+    for name, app in series.items():
+        if name not in targets:
+            continue
+        floor = series[app["baseline"]]
+        hop = series[name.replace("app @", "floor+hop @")]
+        target = targets[name]
+        everyone = (app, floor, hop)
+        bad = {k: sum(s[k] for s in everyone) for k in ("lost", "duplicates", "out_of_order")}
+        lines.append(
+            f"{app['clients']:>7} {app['transitions']:>6} {app['frames_timed']:>6} | "
+            f"{app['p50_ms']:>7.2f} {app['p99_ms']:>7.2f} {app['all_clients']['p50_ms']:>6.1f} | "
+            f"{floor['p50_ms']:>9.2f} {floor['p99_ms']:>7.2f} "
+            f"{floor['all_clients']['p50_ms']:>6.1f} | "
+            f"{target['p50_ratio']:>8.2f}x {target['p99_ratio']:>5.2f}x | "
+            f"{bad['lost']:>4} {bad['duplicates']:>3} {bad['out_of_order']:>5} | "
+            f"{'p99<=' + format(target['limit_p99_ratio'], '.1f') + 'x':<9} "
+            f"{'PASS' if target['passed'] else 'MISS':<6} | "
+            f"{hop['p50_ms']:>13.2f} {hop['p99_ms']:>6.2f}"
+        )
+        sizes = [size for sizes in app["sizes"] for size in sizes]
+        lag = app.get("event_at_to_commit")
+        footer.append(
+            f"{app['clients']} clients: connected in {app['connect_s']:.1f} s (app), "
+            f"{floor['connect_s']:.1f} s and {hop['connect_s']:.1f} s (floors); "
+            f"{app['frames_per_transition']:g} frames of {min(sizes)}-{max(sizes)} bytes in "
+            f"{app['group_messages_per_transition']:g} group message(s) per transition; "
+            f"sender done {_median(app['send_ms']):.1f} ms (app) and "
+            f"{_median(floor['send_ms']):.1f} ms (floor) after its mark, p50"
+            + (f"; event `at` {lag['p50_ms']:.1f} ms before the commit" if lag else "")
+            + f"; heartbeats {app['untimed_frames']}; timeouts "
+            f"{sum(s['timeouts'] for s in everyone)}."
+        )
+    lines.append(rule)
+    lines += footer
+    server = results["server_log"]
+    stale = results.get("stale_group_members")
+    lines.append(
+        f"daphne logged {server['exceptions']} application exception(s) and killed "
+        f"{server['killed']} consumer(s) that would not stop ({server['path']})"
+        + (
+            f"; group memberships left after every client closed: {sum(stale.values())}."
+            if stale is not None
+            else "."
+        )
+    )
+    lines.append(
+        "ms from the commit (app; taken in an on_commit hook before the broadcast's) or the "
+        "first group_send (floors) to each client's recv, all clients and frames; last: "
+        "when the last client had the transition's last frame, p50. The three sets stay "
+        "connected together and take turns. floor: bare consumer; floor+hop: the same with "
+        "channels' default dispatch, which hops to the sync thread (close_old_connections) "
+        "before every message, as TopDog's consumers do. Target: app p99 within "
+        f"{results['config']['limit_p99_ratio']:.1f}x the floor's at each count, no lost, "
+        f"duplicate or out-of-order frame. Client: {env['client']}; driver: {env['driver']}. "
+        f"{results['duration_s']} s."
+    )
+    return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def prompt_table(results: dict) -> str:
+    """The prompt part: build time by history length, beside the 10-message build."""
+    series = results["series"]
+    targets = {t["measured"]: t for t in results["targets"]}
+    name_width = max(len("window (model) @ history"), *(len(n) for n in series))
+    header = (
+        f"{'window (model) @ history':<{name_width}} {'n':>5} {'sql':>4} {'kept':>5} "
+        f"{'tokens':>7} {'p50 ms':>7} {'p99 ms':>7} | {'ratio p50':>9} {'p99':>6} | "
+        f"{'target':<7} result"
+    )
+    rule = "-" * len(header)
+    lines = [
+        "prompt: prompt_request_build in process, by messages of CODE_WRITER history",
+        rule,
+        header,
+        rule,
+    ]
+    for name, s in series.items():
+        line = (
+            f"{name:<{name_width}} {s['n']:>5} {s['sql_statements']:>4} "
+            f"{s['history_in_prompt']:>5} {s['estimated_input_tokens']:>7} "
+            f"{s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} |"
+        )
+        if s["baseline"]:
+            b = series[s["baseline"]]
+            line += f" {s['p50_ms'] / b['p50_ms']:>8.2f}x {s['p99_ms'] / b['p99_ms']:>5.2f}x |"
+            target = targets.get(name)
+            if target:
+                verdict = "PASS" if target["passed"] else "MISS"
+                line += f" {'<=' + format(target['limit_p50_ratio'], '.1f') + 'x':<7} {verdict}"
+        lines.append(line)
+    lines.append(rule)
+    lines.append(
+        "kept: history messages in the prompt; tokens: the builder's estimate of the prompt; "
+        "sql: statements per build. Ratios against the 10-message build of the same window; "
+        f"targets compare p50. Messages of {results['config']['min_chars']}-"
+        f"{results['config']['max_chars']} characters. {results['duration_s']} s."
+    )
+    return "\n".join(lines)
+
+
+def _load(env: dict) -> str:
+    load = env.get("load_average_at_end")
+    return "/".join(f"{x:.2f}" for x in load) if load else "unknown"

@@ -1,20 +1,29 @@
-"""One command: the IDE endpoints' latency beside their floors, on PostgreSQL.
+"""One command: TopDog's latency benchmarks, each beside a floor measured in the same run.
 
-    python bench/run.py [--quick] [--redis [URL]] [--keep-db] [--strict]
+    python bench/run.py [--only api,ws,prompt] [--quick] [--redis [URL]] [--ws-in-memory]
+                        [--keep-db] [--strict]
 
-1. Creates a fresh database on the local PostgreSQL, migrates it and seeds it through the
-   real services: a user with an API token, projects, PLANNING workflows to read and
-   more to complete, then copies up to 1,000 workflows.
-2. Copies that database (1,000 workflows) for the scale stage and starts daphne with
-   `bench.settings` on each copy.
-3. Main stage, on the first server: status, get-ai-prompt, complete-phase and the two
-   floors of `bench/floors.py`, interleaved in rounds, one request at a time over one
-   keep-alive connection.
-4. Scale stage: grows the first database to 100,000 workflows (VACUUM ANALYZE), then
-   times status on both servers interleaved: 1,000 against 100,000 workflows.
-5. Prints one table, writes bench/results/latest.json, stops daphne, drops the databases.
+Creates a fresh database on the local PostgreSQL, migrates it and seeds the bench user
+(with an API token) and its projects through the real services, then runs the parts
+asked for (all three by default), in this order:
 
-Every number comes from the run; nothing is fixed in advance.
+api: the IDE endpoints beside bare-view floors (`bench/floors.py`).
+  1. Seeds PLANNING workflows to read and more to complete, then copies up to 1,000
+     workflows; copies that database (1,000 workflows) for the scale stage and starts
+     daphne with `bench.settings` on each copy.
+  2. Main stage, on the first server: status, get-ai-prompt, complete-phase and the two
+     floors, interleaved in rounds, one request at a time over one keep-alive connection.
+  3. Scale stage: grows the first database to 100,000 workflows (VACUUM ANALYZE), then
+     times status on both servers interleaved: 1,000 against 100,000 workflows.
+ws: transition commit to websocket receipt at 1, 50 and 500 clients on one daphne
+  (`bench.asgi`, channel layer on Redis unless --ws-in-memory), beside a bare consumer
+  receiving group_sends of the same shape (`bench/ws.py`, `bench/ws_floor.py`); a
+  driver process (`bench/ws_driver.py`) commits and sends, interleaved in rounds.
+prompt: `prompt_request_build` with 10, 1,000 and 10,000 messages of history, for the
+  default model's window and GPT4's, in this process (`bench/prompt.py`).
+
+Prints one table per part, writes bench/results/latest.json, stops daphne, drops the
+databases. Every number comes from the run; nothing is fixed in advance.
 """
 
 import argparse
@@ -30,11 +39,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.seed import Base
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+PARTS = ("api", "ws", "prompt")
 
 FLOOR_SELECT = "floor: select"
 FLOOR_WRITE = "floor: lock+update+insert"
@@ -100,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO))
     from bench import report, server
 
-    config = Config.quick() if args.quick else Config.full()
     main_db = args.db_name or f"topdog_bench_{os.getpid()}"
     dbs = Databases(admin_url=args.admin_url, main=main_db, small=f"{main_db}_1k")
     env = {
@@ -116,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on kill, too
 
     began = time.monotonic()
-    with ExitStack() as cleanup:  # last in, first out: daphne, connections, databases
+    results: dict = {"parts": list(args.only), "quick": args.quick}
+    with ExitStack() as cleanup:  # last in, first out: connections, databases
         if args.keep_db:
             cleanup.callback(_log, f"kept {dbs.url(dbs.main)} and {dbs.url(dbs.small)}")
         else:
@@ -126,11 +141,31 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(_django_disconnect)
         _log(f"creating database {dbs.main}")
         server.database_create(dbs.admin_url, dbs.main)
-        results = _bench(config, dbs, {**os.environ, **env}, args.app, cleanup)
-    results["quick"] = args.quick
+        base = _setup()
+        server_env = {**os.environ, **env}
+        for part in args.only:
+            started = time.monotonic()
+            with ExitStack() as part_cleanup:  # this part's servers stop before the next
+                if part == "api":
+                    config = Config.quick() if args.quick else Config.full()
+                    found = _bench(config, dbs, base, server_env, args.app, part_cleanup)
+                elif part == "ws":
+                    found = _bench_ws(args, dbs, base, server_env, part_cleanup)
+                else:
+                    found = _bench_prompt(args, base)
+            found["duration_s"] = round(time.monotonic() - started, 1)
+            _log(f"{part}: done in {found['duration_s']} s")
+            results[part] = found
+        results["environment"] = report.environment(
+            database_url=dbs.url(dbs.main), redis_url=args.redis or ""
+        )
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["targets"] = [
+        {"part": part, **target} for part in args.only for target in results[part]["targets"]
+    ]
     results["duration_s"] = round(time.monotonic() - began, 1)
 
-    print(report.table(results), flush=True)
+    print(report.tables(results), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -139,14 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if args.strict and missed else 0
 
 
-def _bench(config: Config, dbs: Databases, server_env: dict, app: str, cleanup: ExitStack) -> dict:
+def _setup() -> "Base":
+    """Django on the fresh bench database: migrated, with the bench user and its projects."""
     import django
     from django.core.management import call_command
 
     django.setup()
     _log("migrating")
     call_command("migrate", verbosity=0, interactive=False)
+    from bench import seed
 
+    return seed.base_seed(projects=Config.full().projects, member_of=Config.full().member_of)
+
+
+def _bench(
+    config: Config,
+    dbs: Databases,
+    base: "Base",
+    server_env: dict,
+    app: str,
+    cleanup: ExitStack,
+) -> dict:
+    """The api part: the IDE endpoints and their floors, then status at two table sizes."""
     from bench import report, seed
     from bench.client import Client, Endpoint, Stats, expect_json, interleaved
     from bench.floors import COUNTER_ROWS
@@ -157,7 +206,6 @@ def _bench(config: Config, dbs: Databases, server_env: dict, app: str, cleanup: 
     # --- seed ---------------------------------------------------------------------------
     to_complete = config.warmup_completes + config.completes + 1  # +1: counting its SQL
     _log(f"seeding: {config.readers} workflows to read, {to_complete} to complete")
-    base = seed.base_seed(projects=config.projects, member_of=config.member_of)
     readers = seed.workflows_in_planning(base=base, count=config.readers, label="Reader")
     completers = seed.workflows_in_planning(base=base, count=to_complete, label="Completer")
     complete_body = {
@@ -339,6 +387,103 @@ def _bench(config: Config, dbs: Databases, server_env: dict, app: str, cleanup: 
     }
 
 
+def _bench_ws(
+    args: argparse.Namespace, dbs: Databases, base: "Base", server_env: dict, cleanup: ExitStack
+) -> dict:
+    """The ws part: one daphne (TopDog plus the floor consumers), clients in this process."""
+    from django.conf import settings
+
+    from bench import ws
+    from bench.server import Server
+    from workflows.models import Workflow
+
+    try:
+        import websockets  # noqa: F401  the clients' library, not one of TopDog's requirements
+    except ImportError as exc:
+        raise SystemExit(
+            "bench: the ws part needs the `websockets` package (pip install websockets); "
+            "or run --only api,prompt"
+        ) from exc
+    config = ws.WsConfig.quick() if args.quick else ws.WsConfig.full()
+    redis_url = "" if args.ws_in_memory else (args.redis or DEFAULT_REDIS_URL)
+    if redis_url:
+        _redis_check(redis_url)
+    open_files = ws.fd_limit_raise(max(config.sizes))  # before daphne starts: it inherits it
+    workflow_id = ws.workflow_seed(base=base)
+    last_seq = Workflow.objects.values_list("last_event_seq", flat=True).get(pk=workflow_id)
+    app = "bench.asgi:application"
+    env = {**server_env, "REDIS_URL": redis_url}
+    daphne = cleanup.enter_context(
+        Server(env=env, cwd=REPO, log_path=RESULTS / "daphne-ws.log", app=app)
+    )
+    daphne.wait_ready(f"/bench/floor/select/{workflow_id}")
+    layer = redis_url or "in-memory"
+    plan = zip(config.sizes, config.transitions, strict=True)
+    _log(
+        f"ws: daphne on 127.0.0.1:{daphne.port} ({layer} channel layer); app, floor and "
+        f"floor+hop interleaved, rounds at {', '.join(f'{n} x {size}' for size, n in plan)} "
+        "clients"
+    )
+    # With Redis the driver commits and group_sends from its own process, as an API node
+    # or worker would; the in-memory layer is reachable only through the server's views.
+    via = ["--direct"] if redis_url else ["--via-port", str(daphne.port)]
+    found = ws.run(
+        config=config,
+        port=daphne.port,
+        token=base.token,
+        user_id=base.user_id,
+        workflow_id=workflow_id,
+        last_seq=last_seq,
+        driver_command=[sys.executable, "-m", "bench.ws_driver", *via],
+        driver_env=env,
+        driver_log=RESULTS / "ws-driver.log",
+    )
+    if redis_url:  # every client has gone, so every group should be empty
+        found["stale_group_members"] = ws.groups_clear(
+            redis_url=redis_url, prefix=settings.BENCH_REDIS_PREFIX, groups=found["groups"]
+        )
+    log = daphne.log_path.read_text(errors="replace")
+    found["server_log"] = {
+        "path": str(daphne.log_path.relative_to(REPO)),
+        "exceptions": log.count("Exception inside application"),
+        "killed": log.count("took too long to shut down"),
+    }
+    found["environment"] = {
+        "channel_layer": layer,
+        "app": app,
+        "settings": server_env["DJANGO_SETTINGS_MODULE"],
+        "open_files_limit": open_files,
+        "server_heartbeat_s": settings.TOPDOG_WS_HEARTBEAT_SECONDS,
+        "client": "websockets, one asyncio process, no client pings, no compression",
+        "driver": "own process, service and group_send called directly"
+        if redis_url
+        else "own process, through the server's bench views (in-memory layer)",
+    }
+    return found
+
+
+def _redis_check(url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise SystemExit(
+            f"bench: no Redis at {url} ({exc}); start it or use --ws-in-memory"
+        ) from exc
+
+
+def _bench_prompt(args: argparse.Namespace, base: "Base") -> dict:
+    """The prompt part: prompt_request_build in this process, by length of history."""
+    from bench import prompt
+
+    config = prompt.PromptConfig.quick() if args.quick else prompt.PromptConfig.full()
+    _log(f"prompt: seeding {len(prompt.MODELS)} x {prompt.HISTORIES} messages of history")
+    workflow_ids = prompt.seed(base=base, config=config)
+    _log(f"prompt: {config.rounds} interleaved rounds of {len(workflow_ids)} builds")
+    return prompt.run(config=config, workflow_ids=workflow_ids)
+
+
 def _workflows(count: int) -> str:
     return f"{count:,} workflows"
 
@@ -410,7 +555,15 @@ def _log(message: str) -> None:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
-        description="Latency of the IDE endpoints beside bare-view floors, on PostgreSQL.",
+        description="TopDog's latency benchmarks (IDE endpoints, websocket fan-out, prompt "
+        "build), each beside a floor or baseline measured in the same run, on PostgreSQL.",
+    )
+    parser.add_argument(
+        "--only",
+        type=_parts,
+        default=PARTS,
+        metavar="PARTS",
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer requests: a smoke run")
     parser.add_argument(
@@ -419,8 +572,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         const=DEFAULT_REDIS_URL,
         default=None,
         metavar="URL",
-        help="serve with REDIS_URL set (throttle cache and channel layer on Redis, as in "
-        f"production); URL defaults to {DEFAULT_REDIS_URL}",
+        help="api part: serve with REDIS_URL set (throttle cache and channel layer on Redis, as "
+        f"in production); URL defaults to {DEFAULT_REDIS_URL}. The ws part uses Redis "
+        "always (this URL or the default) unless --ws-in-memory",
+    )
+    parser.add_argument(
+        "--ws-in-memory",
+        action="store_true",
+        help="ws part: the in-memory channel layer instead of Redis",
     )
     parser.add_argument(
         "--admin-url",
@@ -440,10 +599,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--app",
         default="topdog.asgi:application",
-        help="ASGI application daphne serves, for experiments (default topdog.asgi:application)",
+        help="ASGI application the api part serves, for experiments (default "
+        "topdog.asgi:application)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser.parse_args(argv)
+
+
+def _parts(value: str) -> tuple[str, ...]:
+    asked = [p.strip() for p in value.split(",") if p.strip()]
+    unknown = sorted(set(asked) - set(PARTS))
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)}; got {value!r}")
+    return tuple(p for p in PARTS if p in asked)  # always in the documented order
 
 
 if __name__ == "__main__":

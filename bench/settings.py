@@ -21,12 +21,14 @@ REST_FRAMEWORK = {
     },
 }
 
+# Keep the bench's throttle counters and groups apart from a dev server on the same Redis.
+BENCH_REDIS_PREFIX = "topdog-bench"
+
 if REDIS_URL:
-    # Keep the bench's throttle counters and groups apart from a dev server on the same Redis.
-    CACHES = {"default": {**CACHES["default"], "KEY_PREFIX": "topdog-bench"}}
+    CACHES = {"default": {**CACHES["default"], "KEY_PREFIX": BENCH_REDIS_PREFIX}}
     CHANNEL_LAYERS = {
         "default": {
             **CHANNEL_LAYERS["default"],
-            "CONFIG": {**CHANNEL_LAYERS["default"]["CONFIG"], "prefix": "topdog-bench"},
+            "CONFIG": {**CHANNEL_LAYERS["default"]["CONFIG"], "prefix": BENCH_REDIS_PREFIX},
         }
     }
