@@ -130,15 +130,7 @@ if REDIS_URL:
                 # redis-py 8 times socket reads out after 5 s by default, the same 5 s that
                 # channels-redis blocks in BZPOPMIN; a longer read timeout keeps idle
                 # consumers from crashing while a dead Redis is still noticed.
-                # redis-py 8 caps a pool at 100 connections and then fails instead of
-                # waiting; a burst of websocket disconnects needs more.
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": 15,
-                        "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000),
-                    }
-                ],
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
                 "expiry": 60,
             },
