@@ -1,5 +1,8 @@
 """REST endpoints of the autopilot: a workflow's runs and its usage."""
 
+import uuid
+from decimal import Decimal
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -86,8 +89,6 @@ class WorkflowUsageApi(ApiView):
 
 
 def _uuid_or_404(value: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
@@ -97,6 +98,6 @@ def _uuid_or_404(value: str) -> str:
 def _stringify_money(value: object) -> object:
     if isinstance(value, dict):
         return {k: _stringify_money(v) for k, v in value.items()}
-    if type(value).__name__ == "Decimal":
+    if isinstance(value, Decimal):
         return str(value)
     return value

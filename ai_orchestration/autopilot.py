@@ -567,7 +567,7 @@ def _group_send(workflow_id: Any, frame: dict) -> None:
         return
     try:
         async_to_sync(layer.group_send)(
-            workflow_group(workflow_id), {"type": "ai.delta", "frame": frame}
+            workflow_group(workflow_id), {"type": "ai.frame", "frame": frame}
         )
     except Exception:  # live frames are best-effort; the database is the record
         logger.exception("could not send a live autopilot frame")

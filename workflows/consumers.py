@@ -103,8 +103,8 @@ class WorkflowConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(frame)
                 self.last_seq = frame["seq"]
 
-    async def ai_delta(self, message: dict) -> None:
-        """Streaming token deltas of a running AI call: not persisted, no seq."""
+    async def ai_frame(self, message: dict) -> None:
+        """A live autopilot frame (`ai.delta`, `ai.run`): not persisted, no seq."""
         await self.send_json(message["frame"])
 
     async def _catch_up(self, *, up_to: int | None) -> bool:

@@ -38,9 +38,8 @@ from workflows.models import PhaseResult, Workflow
 from workflows.services import (
     Actor,
     TransitionOutcome,
-    _event,
-    _save,
     transition_check,
+    workflow_event_record,
     workflow_lock,
     workflow_phase_complete,
 )
@@ -200,12 +199,12 @@ def _release_git(workflow: Workflow, change: dict, branch: str) -> tuple[dict, s
 
 def _record_failure(workflow: Workflow, done: dict, message: str) -> None:
     """Leave nothing half-done unrecorded: what was made before the failure, and why."""
-    with transaction.atomic():
-        locked, _ = workflow_lock(workflow_id=workflow.id, actor=Actor.system())
-        event = _event(
-            locked, Actor.system("release"), EventType.RELEASE_FAILED, {**done, "error": message}
-        )
-        _save(locked, [event])
+    workflow_event_record(
+        workflow_id=workflow.id,
+        actor=Actor.system("release"),
+        type_=EventType.RELEASE_FAILED,
+        data={**done, "error": message},
+    )
 
 
 def _pull_request_body(workflow: Workflow, sources: _Sources) -> str:

@@ -524,6 +524,13 @@ def _regress(
     )
 
 
+def workflow_event_record(*, workflow_id: Any, actor: Actor, type_: str, data: dict) -> None:
+    """Append an event that moves nothing (e.g. a failed release), with the next seq."""
+    with transaction.atomic():
+        workflow, _ = workflow_lock(workflow_id=workflow_id, actor=Actor.system())
+        _save(workflow, [_event(workflow, actor, type_, data)])
+
+
 def workflow_regress(
     *, workflow_id: Any, target: str | None, reason: str, feedback: str, actor: Actor
 ) -> TransitionOutcome:

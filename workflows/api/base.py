@@ -15,6 +15,13 @@ class ApiView(IdempotentMixin, APIView):
     """Base of every TopDog API view: JSON, authenticated, idempotent POSTs."""
 
 
+def validated_data(serializer_class: type[serializers.Serializer], request: Any) -> dict:
+    """The request body validated by `serializer_class` (400 with field errors if not)."""
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
 def next_action(workflow: Workflow) -> dict[str, Any]:
     """What the caller should do next with `workflow`, machine-readable."""
     if workflow.is_terminal:

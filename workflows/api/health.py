@@ -8,6 +8,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django_tasks import task_backends
+from django_tasks_db.backend import DatabaseBackend
+from django_tasks_db.models import DBTaskResult
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -47,9 +49,7 @@ def _channel_layer() -> dict:
 def _task_backend() -> dict:
     backend = task_backends["default"]
     detail = {"backend": type(backend).__name__}
-    if type(backend).__name__ == "DatabaseBackend":
-        from django_tasks_db.models import DBTaskResult
-
+    if isinstance(backend, DatabaseBackend):
         detail["queued"] = DBTaskResult.objects.filter(status="READY").count()
     return detail
 

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from ai_orchestration.context import prompt_request_build
 from workflows import selectors
-from workflows.api.base import ApiView, next_action
+from workflows.api.base import ApiView, next_action, validated_data
 from workflows.errors import TransitionConflict
 from workflows.services import (
     Actor,
@@ -46,7 +46,7 @@ class InitializeApi(ApiView):
 
     @extend_schema(request=InitializeInputSerializer, responses={201: InitializeOutputSerializer})
     def post(self, request: Request) -> Response:
-        data = _valid(self.InitializeInputSerializer, request)
+        data = validated_data(self.InitializeInputSerializer, request)
         project = selectors.project_get_for_user(user=request.user, project_ref=data["project_id"])
         workflow = workflow_initialize(
             project=project,
@@ -92,7 +92,7 @@ class CompletePhaseApi(ApiView):
         request=CompletePhaseInputSerializer, responses={200: CompletePhaseOutputSerializer}
     )
     def post(self, request: Request) -> Response:
-        data = _valid(self.CompletePhaseInputSerializer, request)
+        data = validated_data(self.CompletePhaseInputSerializer, request)
         outcome = workflow_phase_complete(
             workflow_id=data["workflow_id"],
             ai_response=data["ai_response"],
@@ -151,9 +151,3 @@ class GetAiPromptApi(ApiView):
             )
         prompt = prompt_request_build(workflow=workflow)
         return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)
-
-
-def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict:
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data

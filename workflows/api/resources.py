@@ -22,9 +22,10 @@ from workflows.api.base import (
     ProjectOutputSerializer,
     WorkflowDetailSerializer,
     WorkflowSummarySerializer,
+    validated_data,
 )
 from workflows.api.filters import WorkflowFilter
-from workflows.api.ide import RequirementsField, _valid
+from workflows.api.ide import RequirementsField
 from workflows.errors import ActionForbidden, WorkflowNotFound
 from workflows.models import Membership, Project
 from workflows.release import workflow_release
@@ -129,7 +130,7 @@ class ProjectListApi(ApiView):
 
     @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectOutputSerializer})
     def post(self, request: Request) -> Response:
-        data = _valid(ProjectCreateSerializer, request)
+        data = validated_data(ProjectCreateSerializer, request)
         with transaction.atomic():
             project = Project.objects.create(**data)
             Membership.objects.create(project=project, user=request.user, role=MemberRole.OWNER)
@@ -199,7 +200,7 @@ class WorkflowListApi(ApiView):
 
     @extend_schema(request=WorkflowCreateSerializer, responses={201: WorkflowDetailSerializer})
     def post(self, request: Request) -> Response:
-        data = _valid(self.WorkflowCreateSerializer, request)
+        data = validated_data(self.WorkflowCreateSerializer, request)
         project = selectors.project_get_for_user(user=request.user, project_ref=data["project"])
         workflow = workflow_initialize(
             project=project,
@@ -246,7 +247,7 @@ class WorkflowTransitionApi(ApiView):
 
     @extend_schema(request=TransitionInputSerializer, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
-        data = _valid(TransitionInputSerializer, request)
+        data = validated_data(TransitionInputSerializer, request)
         actor = Actor.of(request.user)
         wanted = data["transition"]
         if wanted == Transition.COMPLETE:
@@ -288,7 +289,7 @@ class WorkflowCancelApi(ApiView):
 
     @extend_schema(request=CancelInputSerializer, responses=WorkflowDetailSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
-        data = _valid(self.CancelInputSerializer, request)
+        data = validated_data(self.CancelInputSerializer, request)
         outcome = workflow_cancel(
             workflow_id=workflow_id, actor=Actor.of(request.user), reason=data.get("reason", "")
         )
