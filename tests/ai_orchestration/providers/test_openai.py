@@ -245,7 +245,8 @@ def test_a_hang_ends_at_the_deadline(fake_openai):
 
 def test_a_slow_drip_cannot_outlive_the_attempt_timeout(fake_openai):
     # Every chunk arrives well within the read timeout; the whole answer would not.
-    fake_openai.script(ok("x" * 400, chunk_delay=0.05))
+    # Every retry drips too: an exhausted script would answer the retry at once.
+    fake_openai.script(*[ok("x" * 400, chunk_delay=0.05)] * 5)
     provider = make_provider(fake_openai, timeout=0.5)
 
     started = time.monotonic()
