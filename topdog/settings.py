@@ -97,6 +97,11 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env_int("DB_POOL_MAX_SIZE", 20),
         "timeout": env_int("DB_POOL_TIMEOUT", 10),
     }
+    # Parameters bound by the server, and statements a connection has run this often
+    # kept prepared: the hot queries are then planned once per connection, not per
+    # request. Turn both off behind a transaction-pooling proxy (PgBouncer and the like).
+    _db["OPTIONS"]["server_side_binding"] = env_bool("DB_SERVER_SIDE_BINDING", True)
+    _db["OPTIONS"]["prepare_threshold"] = env_int("DB_PREPARE_THRESHOLD", 5) or None
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes SQLite's write lock when a transaction starts, which gives the
     # services the same "lock, then read, then write" order select_for_update gives
