@@ -1,0 +1,189 @@
+"""Compiled querysets: the ORM's SQL, compiled once, run with new values."""
+
+import uuid
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from tests.factories import workflow_for
+from topdog.compiled import CompiledQuery, Param
+from workflows.models import Membership, Workflow
+
+pytestmark = pytest.mark.django_db
+
+PK = Workflow._meta.pk
+USER_PK = Membership._meta.get_field("user").target_field
+
+
+def visible_states() -> CompiledQuery:
+    return CompiledQuery(
+        lambda user_id, workflow_id: Workflow.objects.filter(
+            project__memberships__user_id=user_id, pk=workflow_id, awaiting_approval=False
+        ).values_list("state", "title"),
+        user_id=Param(USER_PK, -1),
+        workflow_id=Param(PK, uuid.UUID(int=1)),
+    )
+
+
+def test_rows_and_instances_match_the_orm_for_each_set_of_values(project, user, stranger):
+    # given
+    first = workflow_for(project, user, description="first")
+    second = workflow_for(project, user, description="second")
+    query = visible_states()
+
+    # when / then: the same compiled SQL answers for each set of values
+    assert query.fetchone(user_id=user.pk, workflow_id=first.pk) == ("DISCOVERY", "first")
+    assert query.fetchone(user_id=user.pk, workflow_id=second.pk) == ("DISCOVERY", "second")
+    # membership is part of the query, and the constant (awaiting_approval=False) kept
+    assert query.fetchone(user_id=stranger.pk, workflow_id=first.pk) is None
+    Workflow.objects.filter(pk=first.pk).update(awaiting_approval=True)
+    assert query.fetchone(user_id=user.pk, workflow_id=first.pk) is None
+
+    # instances are converted like the ORM's own
+    instances = CompiledQuery(
+        lambda workflow_id: Workflow.objects.filter(pk=workflow_id),
+        workflow_id=Param(PK, uuid.UUID(int=1)),
+    ).instances(workflow_id=second.pk)
+    assert [(w.pk, w.requirements, w.awaiting_approval) for w in instances] == [
+        (second.pk, second.requirements, False)
+    ]
+
+
+def test_it_compiles_once(project, user, django_assert_num_queries, monkeypatch):
+    query = visible_states()
+    workflow = workflow_for(project, user)
+    query.fetchone(user_id=user.pk, workflow_id=workflow.pk)
+
+    built = []
+    build = query.build
+    monkeypatch.setattr(query, "build", lambda **kw: built.append(kw) or build(**kw))
+    with django_assert_num_queries(1):
+        query.fetchone(user_id=user.pk, workflow_id=workflow.pk)
+    assert built == []
+
+
+def test_placeholders_must_differ_and_each_appear_once(project, user):
+    same = CompiledQuery(
+        lambda a, b: Workflow.objects.filter(regression_count=a, regression_limit=b),
+        a=Param(Workflow._meta.get_field("regression_count"), 7),
+        b=Param(Workflow._meta.get_field("regression_limit"), 7),
+    )
+    with pytest.raises(ImproperlyConfigured, match="must differ"):
+        same.fetchone(a=1, b=2)
+
+    unused = CompiledQuery(
+        lambda a, b: Workflow.objects.filter(regression_count=a),
+        a=Param(Workflow._meta.get_field("regression_count"), 7001),
+        b=Param(Workflow._meta.get_field("regression_limit"), 7002),
+    )
+    with pytest.raises(ImproperlyConfigured, match="must appear once"):
+        unused.fetchone(a=1, b=2)
+
+    out_of_range = CompiledQuery(
+        lambda a: Workflow.objects.filter(regression_count=a),
+        a=Param(Workflow._meta.get_field("regression_count"), -7),
+    )
+    with pytest.raises(ImproperlyConfigured, match="fields accept"):
+        out_of_range.fetchone(a=1)
+
+
+def test_model_insert_writes_the_row_the_orm_would(project, user):
+    # given: two messages, one saved by the ORM and one by model_insert
+    from decimal import Decimal
+
+    from topdog.compiled import model_insert
+    from workflows.models import Message
+
+    workflow = workflow_for(project, user)
+    fields = dict(
+        workflow=workflow,
+        role="Q_ASSISTANT",
+        sender="assistant",
+        phase="DISCOVERY",
+        content="ünïcode and {json}",
+        input_tokens=12,
+        output_tokens=34,
+        provider="openai",
+        model="gpt-4o",
+        cost_usd=Decimal("0.001234"),
+    )
+    by_orm = Message.objects.create(seq=100, **fields)
+    lean = Message(seq=101, **fields)
+
+    # when
+    model_insert(lean)
+
+    # then: a real row, its pk set, and every column equal to the ORM's but the keys
+    assert lean.pk is not None and not lean._state.adding
+    stored = Message.objects.get(pk=lean.pk)
+    skip = {"id", "seq", "created_at"}
+    names = [f.attname for f in Message._meta.concrete_fields if f.attname not in skip]
+    assert [getattr(stored, n) for n in names] == [getattr(by_orm, n) for n in names]
+    assert abs(stored.created_at - by_orm.created_at).total_seconds() < 5
+
+
+def test_model_insert_upserts_on_the_unique_fields(project, user):
+    from topdog.compiled import Upsert, models_insert
+    from workflows.models import RoleContext
+
+    # given: the role context initialize wrote
+    workflow = workflow_for(project, user)
+    before = RoleContext.objects.get(workflow=workflow, role="Q_ASSISTANT")
+
+    # when: the same (workflow, role) is written again
+    again = RoleContext(
+        workflow=workflow,
+        role="Q_ASSISTANT",
+        system_prompt="rendered anew",
+        prompt_template=before.prompt_template,
+        prompt_version="v-new",
+        model_settings={"model_name": "GPT4"},
+        context_data={"ignored": True},
+    )
+    models_insert(
+        [
+            Upsert(
+                again,
+                unique_fields=("workflow", "role"),
+                update_fields=("system_prompt", "prompt_version", "model_settings", "updated_at"),
+            )
+        ]
+    )
+
+    # then: one row, updated in the listed fields only, keeping its id and created_at
+    after = RoleContext.objects.get(workflow=workflow, role="Q_ASSISTANT")
+    assert RoleContext.objects.filter(workflow=workflow).count() == 1
+    assert again.pk == after.pk == before.pk
+    assert (after.system_prompt, after.prompt_version) == ("rendered anew", "v-new")
+    assert after.model_settings == {"model_name": "GPT4"}
+    assert after.context_data == before.context_data
+    assert after.created_at == before.created_at and after.updated_at >= before.updated_at
+
+
+def test_models_insert_writes_a_batch_in_order_and_fails_it_whole(project, user):
+    from django.db import IntegrityError, transaction
+
+    from topdog.compiled import models_insert
+    from workflows.models import WorkflowEvent
+
+    workflow = workflow_for(project, user)  # its event seq 1 exists
+    events = [
+        WorkflowEvent(workflow=workflow, seq=seq, type="test.batch", data={"n": seq})
+        for seq in (2, 3, 4)
+    ]
+
+    # when: a batch is written
+    models_insert(events)
+
+    # then: every row, with its pk
+    assert all(e.pk for e in events)
+    stored = WorkflowEvent.objects.filter(type="test.batch").order_by("seq")
+    assert [(e.pk, e.data) for e in stored] == [(e.pk, {"n": e.seq}) for e in events]
+
+    # when: a batch holds a row that breaks a constraint (seq 3 again)
+    bad = [WorkflowEvent(workflow=workflow, seq=seq, type="test.bad", data={}) for seq in (5, 3)]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        models_insert(bad)
+
+    # then: Django's IntegrityError, and nothing of that batch was kept
+    assert not WorkflowEvent.objects.filter(type="test.bad").exists()
