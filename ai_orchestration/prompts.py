@@ -9,6 +9,7 @@ from django.db.models import Max
 
 from ai_orchestration.default_prompts import DEFAULT_PROMPTS
 from ai_orchestration.models import PromptTemplate
+from topdog.compiled import CompiledQuery, Param
 from workflows.evidence import evidence_example
 
 if TYPE_CHECKING:
@@ -17,9 +18,17 @@ if TYPE_CHECKING:
     from workflows.models import Workflow
 
 
+# Every transition to a new role reads this: compiled once (topdog/compiled.py).
+_ACTIVE_TEMPLATE = CompiledQuery(
+    lambda role: PromptTemplate.objects.filter(role=role, active=True).order_by("pk")[:1],
+    role=Param(PromptTemplate._meta.get_field("role"), "placeholder-role-708020"),
+)
+
+
 def prompt_template_active(*, role: str) -> PromptTemplate:
     """The active template of `role`; the shipped default is restored if none is active."""
-    template = PromptTemplate.objects.filter(role=role, active=True).first()
+    found = _ACTIVE_TEMPLATE.instances(role=role)
+    template = found[0] if found else None
     if template is None:
         template = prompt_template_publish(
             role=role, body=DEFAULT_PROMPTS[role], actor=None, note="shipped default (restored)"

@@ -7,6 +7,7 @@ one Handoff and the next gapless WorkflowEvents, and only after commit broadcast
 Either all of that commits or none of it does.
 """
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -15,11 +16,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import F
 
 from ai_orchestration.prompts import prompt_render, prompt_template_active
+from topdog.compiled import CompiledQuery, Param, Upsert, model_insert, models_insert
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
     ActionForbidden,
@@ -96,17 +97,51 @@ class TransitionOutcome:
 # --- helpers ---------------------------------------------------------------------------
 
 
+# Placeholders of the compiled queries below; no real id takes these values.
+_WORKFLOW_PLACEHOLDER = uuid.UUID(int=708_010)
+_USER_PLACEHOLDER = -708_011
+
+# Every transition starts with these reads: compiled once (topdog/compiled.py).
+_LOCK_AS_MEMBER = CompiledQuery(
+    lambda workflow_id, user_id: (
+        Workflow.objects.select_for_update(of=("self",))
+        .filter(pk=workflow_id, project__memberships__user_id=user_id)
+        .annotate(member_role=F("project__memberships__role"))
+    ),
+    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
+    user_id=Param(Membership._meta.get_field("user").target_field, _USER_PLACEHOLDER),
+)
+_LOCK = CompiledQuery(
+    lambda workflow_id: Workflow.objects.select_for_update().filter(pk=workflow_id),
+    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
+)
+_PROJECT_OF_WORKFLOW = CompiledQuery(
+    lambda workflow_id: Project.objects.filter(workflows=workflow_id),
+    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
+)
+
+
 def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
-    """The workflow row, locked, and the actor's project role (None for system actors)."""
-    queryset = Workflow.objects.select_for_update(of=("self",)).select_related("project")
-    if actor.user is not None:
-        queryset = queryset.filter(project__memberships__user=actor.user).annotate(
-            member_role=F("project__memberships__role")
-        )
+    """The workflow row, locked, with its project, and the actor's project role (None for
+    system actors). A workflow the user's projects do not hold is WorkflowNotFound."""
     try:
-        workflow = queryset.get(pk=workflow_id)
-    except (Workflow.DoesNotExist, ValueError, DjangoValidationError) as exc:
+        workflow_id = uuid.UUID(str(workflow_id))
+    except ValueError as exc:
         raise WorkflowNotFound() from exc
+    # The project row is read with the lock (one round trip on PostgreSQL) but not
+    # locked: what a transition reads of it (gates, threshold, models) may change
+    # concurrently without making the transition wrong.
+    if actor.user is not None:
+        lock = (_LOCK_AS_MEMBER, {"workflow_id": workflow_id, "user_id": actor.user.pk})
+    else:
+        lock = (_LOCK, {"workflow_id": workflow_id})
+    found, projects = CompiledQuery.instances_together(
+        lock, (_PROJECT_OF_WORKFLOW, {"workflow_id": workflow_id})
+    )
+    if not found:
+        raise WorkflowNotFound()
+    workflow = found[0]
+    workflow.project = projects[0]
     return workflow, getattr(workflow, "member_role", None)
 
 
@@ -213,10 +248,10 @@ def _handoff(
     return handoff, event
 
 
-def _role_context_enter(workflow: Workflow) -> None:
-    """Render the system prompt of the role that now owns the workflow, and record it."""
+def _role_context_row(workflow: Workflow) -> Upsert | None:
+    """The RoleContext of the role that now owns the workflow, its system prompt rendered."""
     if workflow.current_role is None:
-        return
+        return None
     template = prompt_template_active(role=workflow.current_role)
     model_name = workflow.project.model_for(workflow.current_role, workflow.model_name)
     model_settings = {
@@ -225,31 +260,28 @@ def _role_context_enter(workflow: Workflow) -> None:
         "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
         "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
     }
-    RoleContext.objects.bulk_create(
-        [
-            RoleContext(
+    return Upsert(
+        RoleContext(
+            workflow=workflow,
+            role=workflow.current_role,
+            system_prompt=prompt_render(
+                body=template.body,
                 workflow=workflow,
                 role=workflow.current_role,
-                system_prompt=prompt_render(
-                    body=template.body,
-                    workflow=workflow,
-                    role=workflow.current_role,
-                    state=workflow.state,
-                ),
-                prompt_template=template,
-                prompt_version=template.sha256,
-                model_settings=model_settings,
-            )
-        ],
-        update_conflicts=True,
-        unique_fields=["workflow", "role"],
-        update_fields=[
+                state=workflow.state,
+            ),
+            prompt_template=template,
+            prompt_version=template.sha256,
+            model_settings=model_settings,
+        ),
+        unique_fields=("workflow", "role"),
+        update_fields=(
             "system_prompt",
             "prompt_template",
             "prompt_version",
             "model_settings",
             "updated_at",
-        ],
+        ),
     )
 
 
@@ -257,16 +289,19 @@ def _save(
     workflow: Workflow,
     events: Iterable[WorkflowEvent],
     handoff: Handoff | None = None,
+    *,
+    role_entered: bool = False,
+    message: Message | None = None,
 ) -> None:
-    """Write the workflow, its new events and handoff; broadcast the events after commit."""
+    """Write the workflow, then its new rows in one batch (the message, the role context
+    of a role it has just entered, events, handoff); broadcast the events after commit."""
     events = list(events)
     if workflow._state.adding:
         workflow.save(force_insert=True)
     else:
         workflow.save(update_fields=Workflow.MUTABLE_FIELDS)
-    WorkflowEvent.objects.bulk_create(events)
-    if handoff is not None:
-        handoff.save()
+    rows = [message, _role_context_row(workflow) if role_entered else None, *events, handoff]
+    models_insert([row for row in rows if row is not None])
     transaction.on_commit(partial(workflow_events_broadcast, events=events), robust=True)
 
 
@@ -325,8 +360,7 @@ def workflow_initialize(
                 "regression_limit": workflow.regression_limit,
             },
         )
-        _role_context_enter(workflow)
-        _save(workflow, [event])
+        _save(workflow, [event], role_entered=True)
     return workflow
 
 
@@ -365,7 +399,7 @@ def workflow_phase_complete(
         )
         gated = regress_to is None and workflow.project.has_gate(phase)
         attempt = workflow.next_attempt(phase)
-        phase_result = PhaseResult.objects.create(
+        phase_result = PhaseResult(
             workflow=workflow,
             phase=phase,
             attempt=attempt,
@@ -376,8 +410,9 @@ def workflow_phase_complete(
             content_hash=sha256_text(canonical_json(evidence)),
             created_by=actor.user,
         )
+        model_insert(phase_result)
         usage = usage or CallUsage()
-        message = Message.objects.create(
+        message = Message(
             workflow=workflow,
             seq=workflow.next_message_seq(),
             role=role,
@@ -451,9 +486,7 @@ def workflow_phase_complete(
                 phase_result=phase_result,
             )
             events.append(event)
-        if workflow.state != phase:
-            _role_context_enter(workflow)
-        _save(workflow, events, handoff)
+        _save(workflow, events, handoff, role_entered=workflow.state != phase, message=message)
     return TransitionOutcome(workflow, phase, handoff, phase_result)
 
 
@@ -549,8 +582,7 @@ def workflow_regress(
             )
         previous = workflow.state
         handoff, event = _regress(workflow, actor, target=target, reason=reason, feedback=feedback)
-        _role_context_enter(workflow)
-        _save(workflow, [event], handoff)
+        _save(workflow, [event], handoff, role_entered=True)
     return TransitionOutcome(workflow, previous, handoff)
 
 
@@ -574,8 +606,7 @@ def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> Tr
             summary=evidence_summary(phase=previous, result=pending.result),
             phase_result=pending,
         )
-        _role_context_enter(workflow)
-        _save(workflow, [event], handoff)
+        _save(workflow, [event], handoff, role_entered=True)
         transaction.on_commit(partial(_autopilot_resume, workflow.id), robust=True)
     return TransitionOutcome(workflow, previous, handoff, pending)
 

@@ -101,17 +101,19 @@ class CompletePhaseApi(ApiView):
             expected_state=data.get("phase"),
         )
         workflow = outcome.workflow
-        body = {
-            "workflow_id": workflow.id,
-            "previous_state": outcome.previous_state,
-            "new_state": workflow.state,
-            "next_role": workflow.current_role,
-            "next_action": next_action(workflow),
-            "is_complete": workflow.is_complete,
-            "awaiting_approval": workflow.awaiting_approval,
-            "phase_result_id": outcome.phase_result.pk,
-        }
-        return Response(self.CompletePhaseOutputSerializer(body).data)
+        # The body is built ready to render (the serializer above documents it for OpenAPI).
+        return Response(
+            {
+                "workflow_id": str(workflow.id),
+                "previous_state": outcome.previous_state,
+                "new_state": workflow.state,
+                "next_role": workflow.current_role,
+                "next_action": next_action(workflow),
+                "is_complete": workflow.is_complete,
+                "awaiting_approval": workflow.awaiting_approval,
+                "phase_result_id": outcome.phase_result.pk,
+            }
+        )
 
 
 class StatusApi(ApiView):

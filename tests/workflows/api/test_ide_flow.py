@@ -193,3 +193,35 @@ def _complete(api, workflow_id, phase, result=None) -> dict:
     )
     assert response.status_code == 200, response.json()
     return response.json()
+
+
+def test_bodies_built_without_a_serializer_match_their_documented_serializer(api, project):
+    # given: status and complete-phase build their bodies by hand for speed; OpenAPI
+    # documents them with these serializers
+    from workflows.api.ide import CompletePhaseApi, StatusApi
+
+    workflow_id = api.post(
+        "/api/ai-workflows/initialize",
+        {"project_id": str(project.id), "requirements": {"description": "Add dark mode"}},
+        format="json",
+    ).json()["workflow_id"]
+
+    # when
+    completed = api.post(
+        "/api/ai-workflows/complete-phase",
+        {"workflow_id": workflow_id, "ai_response": "ok", "phase_result": evidence("DISCOVERY")},
+        format="json",
+    ).json()
+    status = api.get(f"/api/ai-workflows/status/{workflow_id}").json()
+
+    # then: the same fields, and what the serializer would have rendered
+    for body, serializer in (
+        (completed, CompletePhaseApi.CompletePhaseOutputSerializer),
+        (status, StatusApi.StatusOutputSerializer),
+    ):
+        assert set(body) == set(serializer().fields)
+        assert serializer(data=body).is_valid(), body
+    assert (completed["workflow_id"], status["workflow_id"]) == (workflow_id, workflow_id)
+    assert (completed["previous_state"], completed["new_state"]) == ("DISCOVERY", "PLANNING")
+    assert status["completed_phases"] == ["DISCOVERY"]
+    assert status["awaiting_approval"] is False
