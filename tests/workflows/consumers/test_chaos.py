@@ -7,6 +7,7 @@ capacity (1 message) so live messages really are dropped and recovery comes from
 """
 
 import asyncio
+import io
 import random
 from unittest import mock
 
@@ -52,6 +53,7 @@ class Client:
         self.rng = rng
         self.seqs: list[int] = []
         self.reconnects = 0
+        self.stuck_disconnects = 0
 
     @property
     def last_seq(self) -> int:
@@ -88,7 +90,13 @@ class Client:
                 self.seqs.append(frame["seq"])
                 received += 1
         finally:
-            await ws.disconnect()
+            # asgiref's disconnect waits without limit for the cancelled application to
+            # finish; one left stuck inside the Redis layer after cancellation must not
+            # hang the test (daphne gives up on such a task after its close timeout).
+            try:
+                await asyncio.wait_for(ws.disconnect(), timeout=10)
+            except TimeoutError:
+                self.stuck_disconnects += 1
 
 
 async def _chaos(project, user, token) -> list[Client]:
@@ -141,8 +149,22 @@ async def _chaos(project, user, token) -> list[Client]:
     return [client for _, client in clients]
 
 
+async def _within(seconds: float, coroutine) -> None:
+    """Await `coroutine`; past `seconds`, fail with every task's stack instead of hanging."""
+    task = asyncio.ensure_future(coroutine)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        stacks = io.StringIO()
+        for pending in asyncio.all_tasks():
+            print(pending, file=stacks)
+            pending.print_stack(limit=12, file=stacks)
+        task.cancel()  # not awaited: what hangs may not finish cancelling either
+        pytest.fail(f"the chaos run did not finish in {seconds:.0f} s; tasks:\n{stacks.getvalue()}")
+    task.result()
+
+
 async def test_chaos_in_memory_layer(project, user, token):
-    await _chaos(project, user, token)
+    await _within(180, _chaos(project, user, token))
 
 
 @pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs REDIS_URL (CI sets it)")
@@ -170,5 +192,5 @@ async def test_chaos_redis_layer_with_tiny_capacity_drops_and_recovers(
         return frames, more
 
     with mock.patch.object(selectors, "workflow_event_frames", counting):
-        await _chaos(project, user, token)
+        await _within(180, _chaos(project, user, token))
     assert gap_fills, "the tiny layer never dropped a message; the test proved nothing"
