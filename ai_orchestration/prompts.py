@@ -25,6 +25,10 @@ _ACTIVE_TEMPLATE = CompiledQuery(
 )
 
 
+# Every role's active template (at most one each): a transition reads them with its lock.
+PROMPT_TEMPLATES_ACTIVE = CompiledQuery(lambda: PromptTemplate.objects.filter(active=True))
+
+
 def prompt_template_active(*, role: str) -> PromptTemplate:
     """The active template of `role`; the shipped default is restored if none is active."""
     found = _ACTIVE_TEMPLATE.instances(role=role)

@@ -8,12 +8,13 @@ six-column status read 0.9 ms against 0.12 ms (PostgreSQL 15, see bench/).
 - `CompiledQuery` is an ordinary queryset, built from placeholder values. It is compiled
   on first use (per database vendor) and its SQL is then run with the real values, so the
   SQL always follows the models and the lookups stay written in the ORM.
-- `models_insert` inserts model instances with an INSERT built once per model, values
-  prepared by the model's fields, several rows in one round trip on PostgreSQL.
+- `models_write` inserts model instances (and updates them, guarded on the values their
+  rows must still hold) with statements built once per model, values prepared by the
+  model's fields, several rows in one round trip on PostgreSQL.
 
 Use them where a measured path needs them; everywhere else the ORM reads better."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +179,7 @@ def _lookup(names: dict[Any, str], value: Any) -> str | tuple[Any]:
 
 @dataclass(frozen=True)
 class Upsert:
-    """A row for `models_insert` that, when a row exists under `unique_fields`, updates
+    """A row for `models_write` that, when a row exists under `unique_fields`, updates
     that row's `update_fields` from `obj` instead (as `bulk_create(update_conflicts=True)`)."""
 
     obj: Model
@@ -186,42 +187,100 @@ class Upsert:
     update_fields: tuple[str, ...]
 
 
-# (model, vendor, unique_fields, update_fields) -> (INSERT sql, the fields it writes)
-_INSERTS: dict[tuple, tuple[str, list[Field]]] = {}
+@dataclass(frozen=True)
+class Update:
+    """A row for `models_write`: UPDATE `obj`'s `fields` (as `save(update_fields=...)`
+    would) where its primary key matches and its row still holds the `where` values;
+    when no row matches, `models_write` raises UpdateMissed."""
+
+    obj: Model
+    fields: tuple[str, ...]
+    where: Mapping[str, Any]
+
+
+class UpdateMissed(Exception):
+    """An `Update` matched no row: the row is gone or no longer holds its `where` values."""
+
+    def __init__(self, update: Update) -> None:
+        super().__init__(
+            f"{type(update.obj).__name__} {update.obj.pk}: no row matched "
+            f"{dict(update.where) or 'the primary key'}"
+        )
+        self.update = update
+
+
+# (kind, model, vendor, *shape) -> (sql, the fields whose values it takes, in order)
+_STATEMENTS: dict[tuple, tuple[str, list[Field]]] = {}
 
 
 def model_insert(obj: Model) -> None:
     """INSERT `obj` as `obj.save(force_insert=True)` would, minus the queryset machinery."""
-    models_insert([obj])
+    models_write([obj])
 
 
-def models_insert(rows: list[Model | Upsert]) -> None:
-    """INSERT `rows` in order, as `save(force_insert=True)` would, in one round trip on
-    PostgreSQL (a psycopg pipeline); their primary keys are set.
+def models_write(rows: list[Model | Upsert | Update]) -> None:
+    """Write `rows` in order: a model instance is INSERTed as `save(force_insert=True)`
+    would (its primary key is set), an Upsert or an Update as it says. On PostgreSQL
+    they go in one round trip (a psycopg pipeline), so a guarded Update that misses is
+    only known at the end: call this inside `transaction.atomic()`, which UpdateMissed
+    then rolls back whole.
 
     For the rows written on every transition: building an ORM insert cost a third of
     its time, and each round trip is a wait. Each statement is built once per model from
     its fields; values are prepared by the fields themselves (`pre_save`, then
-    `get_db_prep_save`), as Django's own insert does. No signals are sent.
+    `get_db_prep_save`), as Django's own save does. No signals are sent.
     """
     statements = [_statement(row) for row in rows]
-    cursors = _execute_all([(sql, values) for sql, values, _ in statements])
-    for cursor, (_, _, obj) in zip(cursors, statements, strict=True):
-        with cursor:
-            _inserted(obj, cursor)
+    cursors = _execute_all([(sql, values) for sql, values in statements])
+    try:
+        for cursor, row in zip(cursors, rows, strict=True):
+            if isinstance(row, Update):
+                if cursor.rowcount != 1:
+                    raise UpdateMissed(row)
+            else:
+                _inserted(row.obj if isinstance(row, Upsert) else row, cursor)
+    finally:
+        # All of them, even after a miss: an open cursor would keep SQLite from rolling
+        # back to the caller's savepoint.
+        for cursor in cursors:
+            cursor.close()
 
 
-def _statement(row: Model | Upsert) -> tuple[str, list[Any], Model]:
+def _statement(row: Model | Upsert | Update) -> tuple[str, list[Any]]:
+    if isinstance(row, Update):
+        return _update_statement(row)
     if isinstance(row, Upsert):
         obj, unique_fields, update_fields = row.obj, row.unique_fields, row.update_fields
     else:
         obj, unique_fields, update_fields = row, (), ()
-    key = (type(obj), connection.vendor, unique_fields, update_fields)
-    built = _INSERTS.get(key)
+    key = ("insert", type(obj), connection.vendor, unique_fields, update_fields)
+    built = _STATEMENTS.get(key)
     if built is None:
-        built = _INSERTS[key] = _insert_sql(type(obj), unique_fields, update_fields)
+        built = _STATEMENTS[key] = _insert_sql(type(obj), unique_fields, update_fields)
     sql, fields = built
-    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields], obj
+    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+
+
+def _update_statement(row: Update) -> tuple[str, list[Any]]:
+    obj, where = row.obj, tuple(row.where)
+    key = ("update", type(obj), connection.vendor, row.fields, where)
+    built = _STATEMENTS.get(key)
+    if built is None:
+        built = _STATEMENTS[key] = _update_sql(type(obj), row.fields, where)
+    sql, fields = built
+    meta = obj._meta
+    values = []
+    for f in fields[: len(row.fields)]:
+        value = f.pre_save(obj, False)
+        if hasattr(value, "resolve_expression"):
+            raise ValueError(f"Update writes values, not expressions ({f.name}={value!r})")
+        values.append(f.get_db_prep_save(value, connection))
+    values.append(meta.pk.get_db_prep_value(obj.pk, connection, prepared=False))
+    values.extend(
+        f.get_db_prep_value(row.where[name], connection, prepared=False)
+        for f, name in zip(fields[len(row.fields) :], where, strict=True)
+    )
+    return sql, values
 
 
 def _inserted(obj: Model, cursor: Any) -> None:
@@ -257,3 +316,19 @@ def _insert_sql(
     if meta.auto_field is not None and connection.features.can_return_columns_from_insert:
         sql += f" RETURNING {quote(meta.auto_field.column)}"
     return sql, fields
+
+
+def _update_sql(
+    model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
+) -> tuple[str, list[Field]]:
+    """UPDATE of `names` guarded on the pk and `where`; its fields: the written, then `where`."""
+    meta = model._meta
+    written = [meta.get_field(name) for name in names]
+    guards = [meta.get_field(name) for name in where]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {}".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(f.column)} = %s" for f in written),
+        " AND ".join(f"{quote(f.column)} = %s" for f in [meta.pk, *guards]),
+    )
+    return sql, [*written, *guards]

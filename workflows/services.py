@@ -18,9 +18,22 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
+from django_fsm import ConcurrentTransition
 
-from ai_orchestration.prompts import prompt_render, prompt_template_active
-from topdog.compiled import CompiledQuery, Param, Upsert, model_insert, models_insert
+from ai_orchestration.prompts import (
+    PROMPT_TEMPLATES_ACTIVE,
+    prompt_render,
+    prompt_template_active,
+)
+from topdog.compiled import (
+    CompiledQuery,
+    Param,
+    Update,
+    UpdateMissed,
+    Upsert,
+    model_insert,
+    models_write,
+)
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
     ActionForbidden,
@@ -101,18 +114,24 @@ class TransitionOutcome:
 _WORKFLOW_PLACEHOLDER = uuid.UUID(int=708_010)
 _USER_PLACEHOLDER = -708_011
 
-# Every transition starts with these reads: compiled once (topdog/compiled.py).
+# Every transition starts with these reads: compiled once (topdog/compiled.py). The
+# state is read twice: `stored_state` is what the row holds until this transaction writes
+# it, and the write is guarded on it (see _save).
 _LOCK_AS_MEMBER = CompiledQuery(
     lambda workflow_id, user_id: (
         Workflow.objects.select_for_update(of=("self",))
         .filter(pk=workflow_id, project__memberships__user_id=user_id)
-        .annotate(member_role=F("project__memberships__role"))
+        .annotate(member_role=F("project__memberships__role"), stored_state=F("state"))
     ),
     workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
     user_id=Param(Membership._meta.get_field("user").target_field, _USER_PLACEHOLDER),
 )
 _LOCK = CompiledQuery(
-    lambda workflow_id: Workflow.objects.select_for_update().filter(pk=workflow_id),
+    lambda workflow_id: (
+        Workflow.objects.select_for_update()
+        .filter(pk=workflow_id)
+        .annotate(stored_state=F("state"))
+    ),
     workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
 )
 _PROJECT_OF_WORKFLOW = CompiledQuery(
@@ -123,25 +142,29 @@ _PROJECT_OF_WORKFLOW = CompiledQuery(
 
 def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
     """The workflow row, locked, with its project, and the actor's project role (None for
-    system actors). A workflow the user's projects do not hold is WorkflowNotFound."""
+    system actors). A workflow the user's projects do not hold is WorkflowNotFound.
+
+    The same round trip reads the active prompt templates (`workflow.active_templates`,
+    by role), which a transition into a new role renders."""
     try:
         workflow_id = uuid.UUID(str(workflow_id))
     except ValueError as exc:
         raise WorkflowNotFound() from exc
-    # The project row is read with the lock (one round trip on PostgreSQL) but not
-    # locked: what a transition reads of it (gates, threshold, models) may change
-    # concurrently without making the transition wrong.
+    # The project and template rows are read with the lock (one round trip on
+    # PostgreSQL) but not locked: what a transition reads of them (gates, threshold,
+    # models, prompts) may change concurrently without making the transition wrong.
     if actor.user is not None:
         lock = (_LOCK_AS_MEMBER, {"workflow_id": workflow_id, "user_id": actor.user.pk})
     else:
         lock = (_LOCK, {"workflow_id": workflow_id})
-    found, projects = CompiledQuery.instances_together(
-        lock, (_PROJECT_OF_WORKFLOW, {"workflow_id": workflow_id})
+    found, projects, templates = CompiledQuery.instances_together(
+        lock, (_PROJECT_OF_WORKFLOW, {"workflow_id": workflow_id}), (PROMPT_TEMPLATES_ACTIVE, {})
     )
     if not found:
         raise WorkflowNotFound()
     workflow = found[0]
     workflow.project = projects[0]
+    workflow.active_templates = {template.role: template for template in templates}
     return workflow, getattr(workflow, "member_role", None)
 
 
@@ -252,7 +275,11 @@ def _role_context_row(workflow: Workflow) -> Upsert | None:
     """The RoleContext of the role that now owns the workflow, its system prompt rendered."""
     if workflow.current_role is None:
         return None
-    template = prompt_template_active(role=workflow.current_role)
+    # Read with the lock; initialize (nothing to lock) or a role without an active
+    # template (restored from the shipped default) reads it here.
+    template = getattr(workflow, "active_templates", {}).get(workflow.current_role)
+    if template is None:
+        template = prompt_template_active(role=workflow.current_role)
     model_name = workflow.project.model_for(workflow.current_role, workflow.model_name)
     model_settings = {
         "model_name": model_name,
@@ -293,15 +320,27 @@ def _save(
     role_entered: bool = False,
     message: Message | None = None,
 ) -> None:
-    """Write the workflow, then its new rows in one batch (the message, the role context
-    of a role it has just entered, events, handoff); broadcast the events after commit."""
+    """Write the workflow and its new rows (the message, the role context of a role it has
+    just entered, events, handoff) in one batch; broadcast the events after commit.
+
+    A locked workflow's UPDATE is guarded on the state it was locked in, as
+    ConcurrentTransitionMixin guards its save: a row found in another state is a
+    ConcurrentTransition and the transaction rolls back whole."""
     events = list(events)
     if workflow._state.adding:
-        workflow.save(force_insert=True)
+        head: Workflow | Update = workflow
     else:
-        workflow.save(update_fields=Workflow.MUTABLE_FIELDS)
-    rows = [message, _role_context_row(workflow) if role_entered else None, *events, handoff]
-    models_insert([row for row in rows if row is not None])
+        head = Update(workflow, Workflow.MUTABLE_FIELDS, where={"state": workflow.stored_state})
+    rows = [head, message, _role_context_row(workflow) if role_entered else None, *events]
+    try:
+        models_write([row for row in [*rows, handoff] if row is not None])
+    except UpdateMissed as exc:
+        raise ConcurrentTransition(
+            f"workflow {workflow.pk} left {workflow.stored_state} while it was locked"
+        ) from exc
+    workflow.stored_state = workflow.state
+    # The mixin's own save does this: later saves of this instance guard on the new state.
+    workflow._update_initial_state()
     transaction.on_commit(partial(workflow_events_broadcast, events=events), robust=True)
 
 
@@ -346,7 +385,6 @@ def workflow_initialize(
             model_name=model_name,
             regression_limit=project.regression_limit,
         )
-        workflow.save(force_insert=True)
         event = _event(
             workflow,
             actor,

@@ -1,13 +1,25 @@
 """Compiled querysets: the ORM's SQL, compiled once, run with new values."""
 
+import re
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from tests.factories import workflow_for
-from topdog.compiled import CompiledQuery, Param
-from workflows.models import Membership, Workflow
+from topdog.compiled import (
+    CompiledQuery,
+    Param,
+    Update,
+    UpdateMissed,
+    Upsert,
+    model_insert,
+    models_write,
+)
+from workflows.models import Membership, Message, RoleContext, Workflow, WorkflowEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -89,10 +101,6 @@ def test_placeholders_must_differ_and_each_appear_once(project, user):
 
 def test_model_insert_writes_the_row_the_orm_would(project, user):
     # given: two messages, one saved by the ORM and one by model_insert
-    from decimal import Decimal
-
-    from topdog.compiled import model_insert
-    from workflows.models import Message
 
     workflow = workflow_for(project, user)
     fields = dict(
@@ -122,9 +130,7 @@ def test_model_insert_writes_the_row_the_orm_would(project, user):
     assert abs(stored.created_at - by_orm.created_at).total_seconds() < 5
 
 
-def test_model_insert_upserts_on_the_unique_fields(project, user):
-    from topdog.compiled import Upsert, models_insert
-    from workflows.models import RoleContext
+def test_models_write_upserts_on_the_unique_fields(project, user):
 
     # given: the role context initialize wrote
     workflow = workflow_for(project, user)
@@ -140,7 +146,7 @@ def test_model_insert_upserts_on_the_unique_fields(project, user):
         model_settings={"model_name": "GPT4"},
         context_data={"ignored": True},
     )
-    models_insert(
+    models_write(
         [
             Upsert(
                 again,
@@ -160,11 +166,7 @@ def test_model_insert_upserts_on_the_unique_fields(project, user):
     assert after.created_at == before.created_at and after.updated_at >= before.updated_at
 
 
-def test_models_insert_writes_a_batch_in_order_and_fails_it_whole(project, user):
-    from django.db import IntegrityError, transaction
-
-    from topdog.compiled import models_insert
-    from workflows.models import WorkflowEvent
+def test_models_write_writes_a_batch_in_order_and_fails_it_whole(project, user):
 
     workflow = workflow_for(project, user)  # its event seq 1 exists
     events = [
@@ -173,7 +175,7 @@ def test_models_insert_writes_a_batch_in_order_and_fails_it_whole(project, user)
     ]
 
     # when: a batch is written
-    models_insert(events)
+    models_write(events)
 
     # then: every row, with its pk
     assert all(e.pk for e in events)
@@ -183,7 +185,58 @@ def test_models_insert_writes_a_batch_in_order_and_fails_it_whole(project, user)
     # when: a batch holds a row that breaks a constraint (seq 3 again)
     bad = [WorkflowEvent(workflow=workflow, seq=seq, type="test.bad", data={}) for seq in (5, 3)]
     with pytest.raises(IntegrityError), transaction.atomic():
-        models_insert(bad)
+        models_write(bad)
 
     # then: Django's IntegrityError, and nothing of that batch was kept
     assert not WorkflowEvent.objects.filter(type="test.bad").exists()
+
+
+def test_a_guarded_update_writes_the_columns_the_orm_would(project, user):
+
+    # given: two copies of one workflow, one saved by the ORM and one by Update
+    by_orm = workflow_for(project, user, description="by the orm")
+    lean = workflow_for(project, user, description="by update")
+    for workflow in (by_orm, lean):
+        workflow.regression_count = 2
+        workflow.phase_attempts = {"DISCOVERY": 3}
+        workflow.cost_usd = Decimal("1.250000")
+        workflow.terminal_reason = "ünïcode"
+    fields = ("regression_count", "phase_attempts", "cost_usd", "terminal_reason", "updated_at")
+    by_orm.save(update_fields=fields)
+    before = lean.updated_at
+
+    # when
+    with transaction.atomic():
+        models_write([Update(lean, fields, where={"state": "DISCOVERY"})])
+
+    # then: the same stored values; updated_at moved as auto_now does
+    stored = Workflow.objects.get(pk=lean.pk)
+    orm_stored = Workflow.objects.get(pk=by_orm.pk)
+    written = fields[:-1]
+    assert [getattr(stored, n) for n in written] == [getattr(orm_stored, n) for n in written]
+    assert stored.updated_at > before and stored.updated_at == lean.updated_at
+    assert stored.requirements == {"description": "by update"}  # columns not listed: untouched
+
+
+def test_a_guarded_update_that_misses_fails_its_batch_whole(project, user):
+
+    workflow = workflow_for(project, user)  # in DISCOVERY, its event seq 1 exists
+    workflow.regression_count = 1
+    event = WorkflowEvent(workflow=workflow, seq=2, type="test.guard", data={})
+
+    # when: the row no longer holds the guarded value
+    guarded = Update(workflow, ("regression_count",), where={"state": "PLANNING"})
+    missed = re.escape("no row matched {'state': 'PLANNING'}")
+    with pytest.raises(UpdateMissed, match=missed) as caught, transaction.atomic():
+        models_write([guarded, event])
+
+    # then: nothing of the batch was kept, and the error names the update
+    assert caught.value.update.obj is workflow
+    assert Workflow.objects.get(pk=workflow.pk).regression_count == 0
+    assert not WorkflowEvent.objects.filter(type="test.guard").exists()
+
+    # and an update that would write an expression is refused before anything runs
+
+    workflow.regression_count = F("regression_count") + 1
+    with pytest.raises(ValueError, match="values, not expressions"):
+        models_write([Update(workflow, ("regression_count",), where={})])

@@ -686,6 +686,46 @@ def test_complete_with_a_stale_expected_state_is_a_conflict(user, project):
     assert snapshot(workflow.pk) == before
 
 
+def test_a_row_that_left_its_locked_state_fails_the_transition_whole(user, project, monkeypatch):
+    # given: something writes the row behind the lock's back while the phase completes
+    # (only a raw UPDATE can; every service takes the lock first)
+    from django_fsm import ConcurrentTransition
+
+    from workflows import services
+
+    actor = Actor.of(user)
+    workflow = workflow_for(project, user)
+    before = snapshot(workflow.pk)
+    validate = services.evidence_validate
+
+    def validate_then_move_the_row(**kwargs):
+        Workflow.objects.filter(pk=workflow.pk).update(state=S.CANCELLED)
+        return validate(**kwargs)
+
+    monkeypatch.setattr(services, "evidence_validate", validate_then_move_the_row)
+
+    # when / then: the guarded write misses, as ConcurrentTransitionMixin's save would
+    with pytest.raises(ConcurrentTransition, match="left DISCOVERY while it was locked"):
+        complete(workflow.pk, actor)
+
+    # and nothing of it was kept, not even the raw update made inside its transaction
+    assert snapshot(workflow.pk) == before
+
+
+def test_the_returned_workflow_saves_against_its_new_state(user, project):
+    # given: a workflow a service has just moved
+    outcome = complete(workflow_for(project, user).pk, Actor.of(user))
+    workflow = outcome.workflow
+    assert workflow.state == S.PLANNING
+
+    # when: the returned instance is saved again (ConcurrentTransitionMixin guards it)
+    workflow.title = "Renamed"
+    workflow.save(update_fields=["title"])
+
+    # then: the guard used the state the row holds now, not the one it was locked in
+    assert fresh(workflow.pk).title == "Renamed"
+
+
 def test_the_table_covers_every_state_and_transition():
     """Guard: a new State or Transition must get a row or column here."""
     assert {state for state, _ in STATE_CASES} == set(State)
