@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet, FullResultSet, ImproperlyConfigured
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, QuerySet
 from django.db.models.constants import OnConflict
 
@@ -48,17 +49,21 @@ class CompiledQuery:
 
     def sql_params(self, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and its parameters for `values` (one per Param, prepared like Django)."""
-        sql, order = self._compiled.get(connection.vendor) or self._compile()
+        return self._sql_params(_db(), values)
+
+    def _sql_params(self, db: BaseDatabaseWrapper, values: dict[str, Any]) -> tuple[str, list]:
+        sql, order = self._compiled.get(db.vendor) or self._compile(db)
         prepared = {
-            name: param.field.get_db_prep_value(values[name], connection, prepared=False)
+            name: param.field.get_db_prep_value(values[name], db, prepared=False)
             for name, param in self.params.items()
         }
         return sql, [prepared[p] if isinstance(p, str) else p[0] for p in order]
 
     def fetchone(self, **values: Any) -> tuple | None:
         """The first row, as the database driver returns it."""
-        sql, params = self.sql_params(**values)
-        with connection.cursor() as cursor:
+        db = _db()
+        sql, params = self._sql_params(db, values)
+        with db.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
 
@@ -69,34 +74,35 @@ class CompiledQuery:
     @staticmethod
     def instances_together(*runs: "tuple[CompiledQuery, dict[str, Any]]") -> list[list[Model]]:
         """Each (query, values) run's instances; on PostgreSQL all in one round trip."""
-        cursors = _execute_all([query.sql_params(**values) for query, values in runs])
+        db = _db()
+        cursors = _execute_all(db, [query._sql_params(db, values) for query, values in runs])
         results = []
         for (query, _), cursor in zip(runs, cursors, strict=True):
             with cursor:
                 rows = cursor.fetchall()
-                results.append(query._hydration(cursor.description).instances(rows))
+                results.append(query._hydration(db, cursor.description).instances(db, rows))
         return results
 
-    def _hydration(self, description: Any) -> "_Hydration":
+    def _hydration(self, db: BaseDatabaseWrapper, description: Any) -> "_Hydration":
         columns = tuple(column[0] for column in description)
-        key = (connection.vendor, columns)
+        key = (db.vendor, columns)
         hydration = self._hydrations.get(key)
         if hydration is None:
             assert self._queryset is not None  # set by the compilation sql_params ran
-            hydration = self._hydrations[key] = _Hydration(self._queryset, columns)
+            hydration = self._hydrations[key] = _Hydration(db, self._queryset, columns)
         return hydration
 
-    def _compile(self) -> tuple[str, tuple[str | tuple[Any], ...]]:
+    def _compile(self, db: BaseDatabaseWrapper) -> tuple[str, tuple[str | tuple[Any], ...]]:
         queryset = self.build(**{name: param.placeholder for name, param in self.params.items()})
         self._queryset = queryset
         try:
-            sql, values = queryset.query.get_compiler(connection=connection).as_sql()
+            sql, values = queryset.query.get_compiler(connection=db).as_sql()
         except (EmptyResultSet, FullResultSet) as exc:  # e.g. a negative PositiveIntegerField
             raise ImproperlyConfigured(
                 "CompiledQuery placeholders must be values their fields accept"
             ) from exc
         names = {
-            param.field.get_db_prep_value(param.placeholder, connection, prepared=False): name
+            param.field.get_db_prep_value(param.placeholder, db, prepared=False): name
             for name, param in self.params.items()
         }
         if len(names) != len(self.params):
@@ -106,7 +112,7 @@ class CompiledQuery:
             raise ImproperlyConfigured(
                 f"CompiledQuery: each of {sorted(self.params)} must appear once in {sql!r}"
             )
-        self._compiled[connection.vendor] = (sql, order)
+        self._compiled[db.vendor] = (sql, order)
         return sql, order
 
 
@@ -115,29 +121,31 @@ class _Hydration:
     columns of model fields are converted by the backend's and the fields' converters and
     passed to `Model.from_db`; any other column becomes an attribute as it is."""
 
-    def __init__(self, queryset: QuerySet, columns: tuple[str, ...]) -> None:
+    def __init__(
+        self, db: BaseDatabaseWrapper, queryset: QuerySet, columns: tuple[str, ...]
+    ) -> None:
         self.model = queryset.model
         by_column = {f.column: f for f in self.model._meta.concrete_fields}
         fields = [by_column.get(column) for column in columns]
         self.init_names = [f.attname for f in fields if f is not None]
         self.init_positions = [i for i, f in enumerate(fields) if f is not None]
         self.extra = [(column, i) for i, column in enumerate(columns) if fields[i] is None]
-        compiler = connection.ops.compiler("SQLCompiler")(queryset.query, connection, None)
+        compiler = db.ops.compiler("SQLCompiler")(queryset.query, db, None)
         table = self.model._meta.db_table
         self.converters = compiler.get_converters(
             [f.get_col(table) if f is not None else None for f in fields]
         )
 
-    def instances(self, rows: list[tuple]) -> list[Model]:
+    def instances(self, db: BaseDatabaseWrapper, rows: list[tuple]) -> list[Model]:
         found = []
         for row in rows:
             if self.converters:
                 row = list(row)
                 for position, (converters, expression) in self.converters.items():
                     for convert in converters:
-                        row[position] = convert(row[position], expression, connection)
+                        row[position] = convert(row[position], expression, db)
             instance = self.model.from_db(
-                connection.alias, self.init_names, [row[i] for i in self.init_positions]
+                db.alias, self.init_names, [row[i] for i in self.init_positions]
             )
             for column, position in self.extra:
                 setattr(instance, column, row[position])
@@ -145,21 +153,21 @@ class _Hydration:
         return found
 
 
-def _execute_all(statements: list[tuple[str, list[Any]]]) -> list[Any]:
+def _execute_all(db: BaseDatabaseWrapper, statements: list[tuple[str, list[Any]]]) -> list[Any]:
     """Run (sql, params) statements in order; one open cursor each, to be read and closed
     by the caller. On PostgreSQL several go in one round trip (a psycopg pipeline)."""
     cursors: list[Any] = []
     try:
-        if connection.vendor == "postgresql" and len(statements) > 1:
-            connection.ensure_connection()
+        if db.vendor == "postgresql" and len(statements) > 1:
+            db.ensure_connection()
             # Errors surface when the pipeline syncs, outside Django's cursor wrapper.
-            with connection.wrap_database_errors, connection.connection.pipeline():
+            with db.wrap_database_errors, db.connection.pipeline():
                 for sql, params in statements:
-                    cursors.append(connection.cursor())
+                    cursors.append(db.cursor())
                     cursors[-1].execute(sql, params)
         else:
             for sql, params in statements:
-                cursors.append(connection.cursor())
+                cursors.append(db.cursor())
                 cursors[-1].execute(sql, params)
     except BaseException:
         # An open cursor would keep SQLite from rolling back to the caller's savepoint.
@@ -167,6 +175,12 @@ def _execute_all(statements: list[tuple[str, list[Any]]]) -> list[Any]:
             cursor.close()
         raise
     return cursors
+
+
+def _db() -> BaseDatabaseWrapper:
+    """The default database's connection of this thread. Looked up once per call: every
+    attribute read through `django.db.connection` repeats the per-thread lookup."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def _lookup(names: dict[Any, str], value: Any) -> str | tuple[Any]:
@@ -220,53 +234,98 @@ def model_insert(obj: Model) -> None:
 
 def models_write(rows: list[Model | Upsert | Update]) -> None:
     """Write `rows` in order: a model instance is INSERTed as `save(force_insert=True)`
-    would (its primary key is set), an Upsert or an Update as it says. On PostgreSQL
-    they go in one round trip (a psycopg pipeline), so a guarded Update that misses is
-    only known at the end: call this inside `transaction.atomic()`, which UpdateMissed
-    then rolls back whole.
+    would (its primary key is set), an Upsert or an Update as it says. A guarded Update
+    that misses raises UpdateMissed once all of them ran: call this inside
+    `transaction.atomic()`, which then rolls the batch back whole.
 
-    For the rows written on every transition: building an ORM insert cost a third of
-    its time, and each round trip is a wait. Each statement is built once per model from
-    its fields; values are prepared by the fields themselves (`pre_save`, then
-    `get_db_prep_save`), as Django's own save does. No signals are sent.
+    For the rows written on every transition, where Django's machinery cost more than
+    the database: each statement is built once per model from its fields, and values are
+    prepared by the fields themselves (`pre_save`, then `get_db_prep_save`), as Django's
+    own save does. No signals are sent. On PostgreSQL the whole batch is one statement
+    (each row a data-modifying WITH query; foreign keys are checked at commit), since
+    every statement costs the client more than the rows it carries.
     """
-    statements = [_statement(row) for row in rows]
-    cursors = _execute_all([(sql, values) for sql, values in statements])
-    try:
-        for cursor, row in zip(cursors, rows, strict=True):
-            if isinstance(row, Update):
-                if cursor.rowcount != 1:
-                    raise UpdateMissed(row)
-            else:
-                _inserted(row.obj if isinstance(row, Upsert) else row, cursor)
-    finally:
-        # All of them, even after a miss: an open cursor would keep SQLite from rolling
-        # back to the caller's savepoint.
-        for cursor in cursors:
-            cursor.close()
+    db = _db()
+    statements = [_statement(db, row) for row in rows]
+    if db.vendor == "postgresql" and len(rows) > 1:
+        sql = _batch_sql(tuple(key for key, _, _ in statements))
+        with db.cursor() as cursor:
+            cursor.execute(sql, [value for _, _, values in statements for value in values])
+            results = cursor.fetchone()
+    else:
+        results = []
+        for _, sql, values in statements:
+            with db.cursor() as cursor:
+                cursor.execute(sql, values)
+                results.append(_result(db, cursor, rows[len(results)]))
+    missed = None
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(row, Update):
+            if result != 1 and missed is None:
+                missed = row
+        else:
+            _inserted(db, row.obj if isinstance(row, Upsert) else row, result)
+    if missed is not None:
+        raise UpdateMissed(missed)
 
 
-def _statement(row: Model | Upsert | Update) -> tuple[str, list[Any]]:
+def _result(db: BaseDatabaseWrapper, cursor: Any, row: Model | Upsert | Update) -> Any:
+    """What one statement answers: the rows an Update matched, an insert's new pk."""
     if isinstance(row, Update):
-        return _update_statement(row)
+        return cursor.rowcount
+    meta = (row.obj if isinstance(row, Upsert) else row)._meta
+    if meta.auto_field is None:
+        return None
+    if db.features.can_return_columns_from_insert:
+        return cursor.fetchone()[0]
+    return db.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
+
+
+# statement keys -> the batch's one statement
+_BATCHES: dict[tuple, str] = {}
+
+
+def _batch_sql(keys: tuple) -> str:
+    """Statements as one (PostgreSQL): each a WITH query answering one column, the main
+    query one row of their answers: an Update's matched rows, an insert's new pk."""
+    sql = _BATCHES.get(keys)
+    if sql is None:
+        queries, answers = [], []
+        for n, key in enumerate(keys):
+            statement, _ = _STATEMENTS[key]
+            kind, model = key[:2]
+            if kind == "insert" and model._meta.auto_field is not None:  # RETURNING its pk
+                queries.append(f"s{n} AS ({statement})")
+                answers.append(f"(SELECT * FROM s{n})")
+            else:
+                queries.append(f"s{n} AS ({statement} RETURNING 1)")
+                answers.append(f"(SELECT count(*) FROM s{n})")
+        sql = _BATCHES[keys] = f"WITH {', '.join(queries)} SELECT {', '.join(answers)}"
+    return sql
+
+
+def _statement(db: BaseDatabaseWrapper, row: Model | Upsert | Update) -> tuple[tuple, str, list]:
+    """The row's statement: its key in _STATEMENTS, its SQL and its values."""
+    if isinstance(row, Update):
+        return _update_statement(db, row)
     if isinstance(row, Upsert):
         obj, unique_fields, update_fields = row.obj, row.unique_fields, row.update_fields
     else:
         obj, unique_fields, update_fields = row, (), ()
-    key = ("insert", type(obj), connection.vendor, unique_fields, update_fields)
+    key = ("insert", type(obj), db.vendor, unique_fields, update_fields)
     built = _STATEMENTS.get(key)
     if built is None:
-        built = _STATEMENTS[key] = _insert_sql(type(obj), unique_fields, update_fields)
+        built = _STATEMENTS[key] = _insert_sql(db, type(obj), unique_fields, update_fields)
     sql, fields = built
-    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    return key, sql, [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
 
 
-def _update_statement(row: Update) -> tuple[str, list[Any]]:
+def _update_statement(db: BaseDatabaseWrapper, row: Update) -> tuple[tuple, str, list[Any]]:
     obj, where = row.obj, tuple(row.where)
-    key = ("update", type(obj), connection.vendor, row.fields, where)
+    key = ("update", type(obj), db.vendor, row.fields, where)
     built = _STATEMENTS.get(key)
     if built is None:
-        built = _STATEMENTS[key] = _update_sql(type(obj), row.fields, where)
+        built = _STATEMENTS[key] = _update_sql(db, type(obj), row.fields, where)
     sql, fields = built
     meta = obj._meta
     values = []
@@ -274,58 +333,56 @@ def _update_statement(row: Update) -> tuple[str, list[Any]]:
         value = f.pre_save(obj, False)
         if hasattr(value, "resolve_expression"):
             raise ValueError(f"Update writes values, not expressions ({f.name}={value!r})")
-        values.append(f.get_db_prep_save(value, connection))
-    values.append(meta.pk.get_db_prep_value(obj.pk, connection, prepared=False))
+        values.append(f.get_db_prep_save(value, db))
+    values.append(meta.pk.get_db_prep_value(obj.pk, db, prepared=False))
     values.extend(
-        f.get_db_prep_value(row.where[name], connection, prepared=False)
+        f.get_db_prep_value(row.where[name], db, prepared=False)
         for f, name in zip(fields[len(row.fields) :], where, strict=True)
     )
-    return sql, values
+    return key, sql, values
 
 
-def _inserted(obj: Model, cursor: Any) -> None:
-    meta = obj._meta
-    if meta.auto_field is not None:
-        if connection.features.can_return_columns_from_insert:
-            pk = cursor.fetchone()[0]
-        else:
-            pk = connection.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
-        setattr(obj, meta.auto_field.attname, pk)
+def _inserted(db: BaseDatabaseWrapper, obj: Model, pk: Any) -> None:
+    if obj._meta.auto_field is not None:
+        setattr(obj, obj._meta.auto_field.attname, pk)
     obj._state.adding = False
-    obj._state.db = connection.alias
+    obj._state.db = db.alias
 
 
 def _insert_sql(
-    model: type[Model], unique_fields: tuple[str, ...], update_fields: tuple[str, ...]
+    db: BaseDatabaseWrapper,
+    model: type[Model],
+    unique_fields: tuple[str, ...],
+    update_fields: tuple[str, ...],
 ) -> tuple[str, list[Field]]:
     meta = model._meta
     fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     sql = "INSERT INTO {} ({}) VALUES ({})".format(
         quote(meta.db_table),
         ", ".join(quote(f.column) for f in fields),
         ", ".join(["%s"] * len(fields)),
     )
     if unique_fields:
-        sql += " " + connection.ops.on_conflict_suffix_sql(
+        sql += " " + db.ops.on_conflict_suffix_sql(
             fields,
             OnConflict.UPDATE,
             [meta.get_field(name).column for name in update_fields],
             [meta.get_field(name).column for name in unique_fields],
         )
-    if meta.auto_field is not None and connection.features.can_return_columns_from_insert:
+    if meta.auto_field is not None and db.features.can_return_columns_from_insert:
         sql += f" RETURNING {quote(meta.auto_field.column)}"
     return sql, fields
 
 
 def _update_sql(
-    model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
+    db: BaseDatabaseWrapper, model: type[Model], names: tuple[str, ...], where: tuple[str, ...]
 ) -> tuple[str, list[Field]]:
     """UPDATE of `names` guarded on the pk and `where`; its fields: the written, then `where`."""
     meta = model._meta
     written = [meta.get_field(name) for name in names]
     guards = [meta.get_field(name) for name in where]
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     sql = "UPDATE {} SET {} WHERE {}".format(
         quote(meta.db_table),
         ", ".join(f"{quote(f.column)} = %s" for f in written),
