@@ -26,7 +26,10 @@ _ACTIVE_TEMPLATE = CompiledQuery(
 
 
 # Every role's active template (at most one each): a transition reads them with its lock.
-PROMPT_TEMPLATES_ACTIVE = CompiledQuery(lambda: PromptTemplate.objects.filter(active=True))
+# Only what rendering and recording a role context read of them.
+PROMPT_TEMPLATES_ACTIVE = CompiledQuery(
+    lambda: PromptTemplate.objects.filter(active=True).only("role", "body", "sha256")
+)
 
 
 def prompt_template_active(*, role: str) -> PromptTemplate:

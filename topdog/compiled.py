@@ -23,6 +23,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, QuerySet
 from django.db.models.constants import OnConflict
+from django.db.models.query import get_related_populators
+from django.db.models.sql.compiler import SQLCompiler
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,10 @@ class CompiledQuery:
         self.params = params
         # vendor -> (sql, per SQL parameter: a param name, or a constant in a 1-tuple)
         self._compiled: dict[str, tuple[str, tuple[str | tuple[Any], ...]]] = {}
-        self._queryset: QuerySet | None = None
-        # (vendor, column names) -> how a row becomes an instance
-        self._hydrations: dict[tuple, _Hydration] = {}
+        # vendor -> the compiler that built the SQL (it knows the columns' meaning)
+        self._compilers: dict[str, SQLCompiler] = {}
+        # vendor -> how a row becomes an instance
+        self._hydrations: dict[str, _Hydration] = {}
 
     def sql_params(self, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and its parameters for `values` (one per Param, prepared like Django)."""
@@ -80,23 +83,21 @@ class CompiledQuery:
         for (query, _), cursor in zip(runs, cursors, strict=True):
             with cursor:
                 rows = cursor.fetchall()
-                results.append(query._hydration(db, cursor.description).instances(db, rows))
+                results.append(query._hydration(db).instances(db, rows))
         return results
 
-    def _hydration(self, db: BaseDatabaseWrapper, description: Any) -> "_Hydration":
-        columns = tuple(column[0] for column in description)
-        key = (db.vendor, columns)
-        hydration = self._hydrations.get(key)
+    def _hydration(self, db: BaseDatabaseWrapper) -> "_Hydration":
+        hydration = self._hydrations.get(db.vendor)
         if hydration is None:
-            assert self._queryset is not None  # set by the compilation sql_params ran
-            hydration = self._hydrations[key] = _Hydration(db, self._queryset, columns)
+            # the compiler of this vendor is there: sql_params compiled it
+            hydration = self._hydrations[db.vendor] = _Hydration(db, self._compilers[db.vendor])
         return hydration
 
     def _compile(self, db: BaseDatabaseWrapper) -> tuple[str, tuple[str | tuple[Any], ...]]:
         queryset = self.build(**{name: param.placeholder for name, param in self.params.items()})
-        self._queryset = queryset
+        compiler = queryset.query.get_compiler(connection=db)
         try:
-            sql, values = queryset.query.get_compiler(connection=db).as_sql()
+            sql, values = compiler.as_sql()
         except (EmptyResultSet, FullResultSet) as exc:  # e.g. a negative PositiveIntegerField
             raise ImproperlyConfigured(
                 "CompiledQuery placeholders must be values their fields accept"
@@ -112,43 +113,41 @@ class CompiledQuery:
             raise ImproperlyConfigured(
                 f"CompiledQuery: each of {sorted(self.params)} must appear once in {sql!r}"
             )
+        self._compilers[db.vendor] = compiler
         self._compiled[db.vendor] = (sql, order)
         return sql, order
 
 
 class _Hydration:
-    """Rows of given columns into model instances, as RawQuerySet does, planned once:
-    columns of model fields are converted by the backend's and the fields' converters and
-    passed to `Model.from_db`; any other column becomes an attribute as it is."""
+    """Rows into model instances as Django's ModelIterable makes them (select_related
+    objects and annotations included), planned once from the compiler that built the SQL.
+    Converters run with the connection of the thread reading the rows."""
 
-    def __init__(
-        self, db: BaseDatabaseWrapper, queryset: QuerySet, columns: tuple[str, ...]
-    ) -> None:
-        self.model = queryset.model
-        by_column = {f.column: f for f in self.model._meta.concrete_fields}
-        fields = [by_column.get(column) for column in columns]
-        self.init_names = [f.attname for f in fields if f is not None]
-        self.init_positions = [i for i, f in enumerate(fields) if f is not None]
-        self.extra = [(column, i) for i, column in enumerate(columns) if fields[i] is None]
-        compiler = db.ops.compiler("SQLCompiler")(queryset.query, db, None)
-        table = self.model._meta.db_table
-        self.converters = compiler.get_converters(
-            [f.get_col(table) if f is not None else None for f in fields]
-        )
+    def __init__(self, db: BaseDatabaseWrapper, compiler: SQLCompiler) -> None:
+        select, klass_info = compiler.select, compiler.klass_info
+        if klass_info is None or not compiler.query.default_cols:  # values(), values_list()
+            raise ImproperlyConfigured("CompiledQuery.instances needs a queryset of models")
+        self.model = klass_info["model"]
+        positions = klass_info["select_fields"]
+        self.start, self.end = positions[0], positions[-1] + 1
+        self.init_list = [column[0].target.attname for column in select[self.start : self.end]]
+        self.related = get_related_populators(klass_info, select, db.alias)
+        self.annotations = list(compiler.annotation_col_map.items())
+        self.converters = list(compiler.get_converters([column[0] for column in select]).items())
 
     def instances(self, db: BaseDatabaseWrapper, rows: list[tuple]) -> list[Model]:
         found = []
         for row in rows:
             if self.converters:
                 row = list(row)
-                for position, (converters, expression) in self.converters.items():
+                for position, (converters, expression) in self.converters:
                     for convert in converters:
                         row[position] = convert(row[position], expression, db)
-            instance = self.model.from_db(
-                db.alias, self.init_names, [row[i] for i in self.init_positions]
-            )
-            for column, position in self.extra:
-                setattr(instance, column, row[position])
+            instance = self.model.from_db(db.alias, self.init_list, row[self.start : self.end])
+            for populator in self.related:
+                populator.populate(row, instance)
+            for name, position in self.annotations:
+                setattr(instance, name, row[position])
             found.append(instance)
         return found
 

@@ -119,7 +119,8 @@ _USER_PLACEHOLDER = -708_011
 # it, and the write is guarded on it (see _save).
 _LOCK_AS_MEMBER = CompiledQuery(
     lambda workflow_id, user_id: (
-        Workflow.objects.select_for_update(of=("self",))
+        Workflow.objects.select_related("project")
+        .select_for_update(of=("self",))
         .filter(pk=workflow_id, project__memberships__user_id=user_id)
         .annotate(member_role=F("project__memberships__role"), stored_state=F("state"))
     ),
@@ -128,14 +129,11 @@ _LOCK_AS_MEMBER = CompiledQuery(
 )
 _LOCK = CompiledQuery(
     lambda workflow_id: (
-        Workflow.objects.select_for_update()
+        Workflow.objects.select_related("project")
+        .select_for_update(of=("self",))
         .filter(pk=workflow_id)
         .annotate(stored_state=F("state"))
     ),
-    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
-)
-_PROJECT_OF_WORKFLOW = CompiledQuery(
-    lambda workflow_id: Project.objects.filter(workflows=workflow_id),
     workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
 )
 
@@ -157,13 +155,10 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
         lock = (_LOCK_AS_MEMBER, {"workflow_id": workflow_id, "user_id": actor.user.pk})
     else:
         lock = (_LOCK, {"workflow_id": workflow_id})
-    found, projects, templates = CompiledQuery.instances_together(
-        lock, (_PROJECT_OF_WORKFLOW, {"workflow_id": workflow_id}), (PROMPT_TEMPLATES_ACTIVE, {})
-    )
+    found, templates = CompiledQuery.instances_together(lock, (PROMPT_TEMPLATES_ACTIVE, {}))
     if not found:
         raise WorkflowNotFound()
     workflow = found[0]
-    workflow.project = projects[0]
     workflow.active_templates = {template.role: template for template in templates}
     return workflow, getattr(workflow, "member_role", None)
 

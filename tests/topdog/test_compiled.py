@@ -61,6 +61,43 @@ def test_rows_and_instances_match_the_orm_for_each_set_of_values(project, user, 
     ]
 
 
+def test_instances_carry_select_related_objects_and_annotations_as_the_orm_does(
+    project, user, django_assert_num_queries
+):
+    # given
+    workflow = workflow_for(project, user, description="joined")
+    build = lambda workflow_id: (  # noqa: E731
+        Workflow.objects.select_related("project", "created_by")
+        .filter(pk=workflow_id)
+        .annotate(member_role=F("project__memberships__role"), stored_state=F("state"))
+    )
+    query = CompiledQuery(build, workflow_id=Param(PK, uuid.UUID(int=1)))
+
+    # when
+    (compiled,) = query.instances(workflow_id=workflow.pk)
+
+    # then: the same objects and attributes as the ORM's, with no query to reach them
+    (by_orm,) = build(workflow.pk)
+    with django_assert_num_queries(0):
+        assert compiled.project == by_orm.project
+        assert compiled.project.approval_gates == by_orm.project.approval_gates
+        assert compiled.created_by.username == by_orm.created_by.username == user.username
+        assert (compiled.member_role, compiled.stored_state) == (
+            by_orm.member_role,
+            by_orm.stored_state,
+        )
+        assert compiled.created_at == by_orm.created_at
+        assert compiled.requirements == {"description": "joined"}
+
+    # and a query of values has no instances
+    values = CompiledQuery(
+        lambda workflow_id: Workflow.objects.filter(pk=workflow_id).values_list("state"),
+        workflow_id=Param(PK, uuid.UUID(int=1)),
+    )
+    with pytest.raises(ImproperlyConfigured, match="needs a queryset of models"):
+        values.instances(workflow_id=workflow.pk)
+
+
 def test_it_compiles_once(project, user, django_assert_num_queries, monkeypatch):
     query = visible_states()
     workflow = workflow_for(project, user)
