@@ -146,16 +146,20 @@ def complete_with_retries(
     should_cancel = should_cancel or (lambda: False)
     deadline = clock() + deadline_seconds
     attempt = 0
+    last_error: ProviderError | None = None
     while True:
         attempt += 1
         remaining = deadline - clock()
         if remaining <= 0:
+            # Reached when the backoff sleep overran the deadline it was sized to fit.
+            said = f" (last error: {last_error})" if last_error else ""
             raise ProviderError(
                 f"{provider.name}: no answer within the {deadline_seconds:g}s deadline "
-                f"after {attempt - 1} attempts",
+                f"after {attempt - 1} attempts{said}",
                 retryable=False,
+                status=last_error.status if last_error else None,
                 attempts=attempt - 1,
-            )
+            ) from last_error
         if should_cancel():
             raise ProviderCancelled("cancelled", attempts=attempt - 1)
         try:
@@ -170,6 +174,7 @@ def complete_with_retries(
             raise
         except ProviderError as exc:
             exc.attempts = attempt
+            last_error = exc
             if not exc.retryable:
                 raise
             if attempt >= max_attempts:

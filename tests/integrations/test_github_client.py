@@ -451,7 +451,7 @@ def test_the_deadline_bounds_real_time(fake_github):
 
     assert caught.value.kind == "unavailable"
     assert time.monotonic() - started < 2.0
-    assert 3 <= len(fake_github.requests) < 20
+    assert 2 <= len(fake_github.requests) < 20  # it retried, and stopped at the deadline
 
 
 def test_unreachable_server(policy, clock):

@@ -165,6 +165,25 @@ def test_no_retry_that_would_pass_the_deadline():
     assert clock.sleeps == []  # it did not wait for a retry it could not make
 
 
+def test_a_sleep_that_overruns_the_deadline_ends_with_the_last_error():
+    # given: a backoff sized to fit the deadline, on a machine that sleeps longer
+    clock = FakeClock()
+    provider = ScriptedProvider([retryable(status=503, retry_after=4), "never"], clock, cost=1)
+
+    def slow_sleep(seconds: float) -> None:
+        clock.sleep(seconds * 3)
+
+    # when
+    with pytest.raises(ProviderError) as caught:
+        complete_with_retries(provider, REQUEST, sleep=slow_sleep, clock=clock, deadline_seconds=10)
+
+    # then: the caller learns what kept failing, not only that time ran out
+    assert str(caught.value) == (
+        "scripted: no answer within the 10s deadline after 1 attempts (last error: boom)"
+    )
+    assert (caught.value.retryable, caught.value.status, caught.value.attempts) == (False, 503, 1)
+
+
 def test_deltas_are_tagged_with_their_attempt():
     clock = FakeClock()
     provider = ScriptedProvider([ProviderStreamCut(), "final"], clock)

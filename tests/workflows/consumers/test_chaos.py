@@ -54,6 +54,7 @@ class Client:
         self.seqs: list[int] = []
         self.reconnects = 0
         self.stuck_disconnects = 0
+        self.stuck_connects = 0
 
     @property
     def last_seq(self) -> int:
@@ -71,7 +72,15 @@ class Client:
 
     async def _session(self, stop, max_frames: int = 10**9, until: int | None = None) -> None:
         ws = communicator(f"/ws/workflows/{self.workflow_id}/?after={self.last_seq}", self.token)
-        connected, _ = await ws.connect()
+        try:
+            # The handshake's database reads queue behind a burst of transitions on the
+            # one thread database_sync_to_async uses; on a loaded machine that passes 1 s.
+            connected, _ = await ws.connect(timeout=5)
+        except TimeoutError:
+            # A client whose handshake stalls gives up and reconnects, as a browser does;
+            # what it has seen stays checked. Counted: the test fails if it is common.
+            self.stuck_connects += 1
+            return
         assert connected
         try:
             received = 0
@@ -146,6 +155,8 @@ async def _chaos(project, user, token) -> list[Client]:
     total_events = sum(len(c.seqs) for _, c in clients) // CLIENTS_PER_WORKFLOW
     assert total_events >= TRANSITIONS * 2  # each transition writes 2 events
     assert sum(c.reconnects for _, c in clients) >= 2 * len(clients)
+    stalls = sum(c.stuck_connects + c.stuck_disconnects for _, c in clients)
+    assert stalls <= 3, f"{stalls} handshakes or closes stalled; a rare stall is retried"
     return [client for _, client in clients]
 
 
