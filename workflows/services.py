@@ -326,9 +326,10 @@ def _save(
         head: Workflow | Update = workflow
     else:
         head = Update(workflow, Workflow.MUTABLE_FIELDS, where={"state": workflow.stored_state})
-    rows = [head, message, _role_context_row(workflow) if role_entered else None, *events]
+    role_context = _role_context_row(workflow) if role_entered else None
+    rows = [head, message, role_context, *events, handoff]
     try:
-        models_write([row for row in [*rows, handoff] if row is not None])
+        models_write([row for row in rows if row is not None])
     except UpdateMissed as exc:
         raise ConcurrentTransition(
             f"workflow {workflow.pk} left {workflow.stored_state} while it was locked"
