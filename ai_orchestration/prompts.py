@@ -9,20 +9,13 @@ from django.db.models import Max
 
 from ai_orchestration.default_prompts import DEFAULT_PROMPTS
 from ai_orchestration.models import PromptTemplate
-from topdog.compiled import CompiledQuery, Param
+from topdog.compiled import CompiledQuery
 from workflows.evidence import evidence_example
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
     from workflows.models import Workflow
-
-
-# Every transition to a new role reads this: compiled once (topdog/compiled.py).
-_ACTIVE_TEMPLATE = CompiledQuery(
-    lambda role: PromptTemplate.objects.filter(role=role, active=True).order_by("pk")[:1],
-    role=Param(PromptTemplate._meta.get_field("role"), "placeholder-role-708020"),
-)
 
 
 # Every role's active template (at most one each): a transition reads them with its lock.
@@ -34,8 +27,7 @@ PROMPT_TEMPLATES_ACTIVE = CompiledQuery(
 
 def prompt_template_active(*, role: str) -> PromptTemplate:
     """The active template of `role`; the shipped default is restored if none is active."""
-    found = _ACTIVE_TEMPLATE.instances(role=role)
-    template = found[0] if found else None
+    template = PromptTemplate.objects.filter(role=role, active=True).first()
     if template is None:
         template = prompt_template_publish(
             role=role, body=DEFAULT_PROMPTS[role], actor=None, note="shipped default (restored)"

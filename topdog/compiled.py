@@ -10,7 +10,7 @@ six-column status read 0.9 ms against 0.12 ms (PostgreSQL 15, see bench/).
   SQL always follows the models and the lookups stay written in the ORM.
 - `models_write` inserts model instances (and updates them, guarded on the values their
   rows must still hold) with statements built once per model, values prepared by the
-  model's fields, several rows in one round trip on PostgreSQL.
+  model's fields, a whole batch as one statement on PostgreSQL.
 
 Use them where a measured path needs them; everywhere else the ORM reads better."""
 
@@ -71,7 +71,7 @@ class CompiledQuery:
             return cursor.fetchone()
 
     def instances(self, **values: Any) -> list[Model]:
-        """The rows as model instances (extra columns become attributes)."""
+        """The rows as model instances (annotations become attributes)."""
         return CompiledQuery.instances_together((self, values))[0]
 
     @staticmethod
@@ -263,7 +263,7 @@ def models_write(rows: list[Model | Upsert | Update]) -> None:
             if result != 1 and missed is None:
                 missed = row
         else:
-            _inserted(db, row.obj if isinstance(row, Upsert) else row, result)
+            _inserted(db, _instance(row), result)
     if missed is not None:
         raise UpdateMissed(missed)
 
@@ -272,7 +272,7 @@ def _result(db: BaseDatabaseWrapper, cursor: Any, row: Model | Upsert | Update) 
     """What one statement answers: the rows an Update matched, an insert's new pk."""
     if isinstance(row, Update):
         return cursor.rowcount
-    meta = (row.obj if isinstance(row, Upsert) else row)._meta
+    meta = _instance(row)._meta
     if meta.auto_field is None:
         return None
     if db.features.can_return_columns_from_insert:
@@ -307,10 +307,10 @@ def _statement(db: BaseDatabaseWrapper, row: Model | Upsert | Update) -> tuple[t
     """The row's statement: its key in _STATEMENTS, its SQL and its values."""
     if isinstance(row, Update):
         return _update_statement(db, row)
-    if isinstance(row, Upsert):
-        obj, unique_fields, update_fields = row.obj, row.unique_fields, row.update_fields
-    else:
-        obj, unique_fields, update_fields = row, (), ()
+    obj = _instance(row)
+    unique_fields, update_fields = (
+        (row.unique_fields, row.update_fields) if isinstance(row, Upsert) else ((), ())
+    )
     key = ("insert", type(obj), db.vendor, unique_fields, update_fields)
     built = _STATEMENTS.get(key)
     if built is None:
@@ -339,6 +339,10 @@ def _update_statement(db: BaseDatabaseWrapper, row: Update) -> tuple[tuple, str,
         for f, name in zip(fields[len(row.fields) :], where, strict=True)
     )
     return key, sql, values
+
+
+def _instance(row: Model | Upsert | Update) -> Model:
+    return row if isinstance(row, Model) else row.obj
 
 
 def _inserted(db: BaseDatabaseWrapper, obj: Model, pk: Any) -> None:

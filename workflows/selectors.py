@@ -59,26 +59,32 @@ def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workfl
         raise WorkflowNotFound() from exc
 
 
-# Placeholders of the compiled queries below; no real id takes these values.
-_USER_PLACEHOLDER = -708_001
-_WORKFLOW_PLACEHOLDER = uuid.UUID(int=708_002)
+# The values compiled queries of workflows take (topdog/compiled.py), each with a
+# placeholder no real id has.
+WORKFLOW_ID = Param(Workflow._meta.pk, uuid.UUID(int=708_002))
+MEMBER_USER_ID = Param(Membership._meta.get_field("user").target_field, -708_001)
 
 _STATUS_QUERY = CompiledQuery(
     lambda user_id, workflow_id: Workflow.objects.filter(
         project__memberships__user_id=user_id, pk=workflow_id
     ).values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count"),
-    user_id=Param(Membership._meta.get_field("user").target_field, _USER_PLACEHOLDER),
-    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
+    user_id=MEMBER_USER_ID,
+    workflow_id=WORKFLOW_ID,
 )
+
+
+def workflow_uuid(workflow_id: Any) -> uuid.UUID:
+    """`workflow_id` as a UUID; anything else is a workflow nobody has (WorkflowNotFound)."""
+    try:
+        return uuid.UUID(str(workflow_id))
+    except ValueError as exc:
+        raise WorkflowNotFound() from exc
 
 
 def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
     no joins beyond membership, compiled once) and no model instance."""
-    try:
-        workflow_id = uuid.UUID(str(workflow_id))
-    except ValueError as exc:
-        raise WorkflowNotFound() from exc
+    workflow_id = workflow_uuid(workflow_id)
     row = _STATUS_QUERY.fetchone(user_id=user.pk, workflow_id=workflow_id)
     if row is None:
         raise WorkflowNotFound()

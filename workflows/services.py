@@ -7,7 +7,6 @@ one Handoff and the next gapless WorkflowEvents, and only after commit broadcast
 Either all of that commits or none of it does.
 """
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django_fsm import ConcurrentTransition
 
 from ai_orchestration.prompts import (
@@ -27,7 +26,6 @@ from ai_orchestration.prompts import (
 )
 from topdog.compiled import (
     CompiledQuery,
-    Param,
     Update,
     UpdateMissed,
     Upsert,
@@ -59,6 +57,7 @@ from workflows.models import (
     Workflow,
     WorkflowEvent,
 )
+from workflows.selectors import MEMBER_USER_ID, WORKFLOW_ID, workflow_uuid
 from workflows.states import (
     REGRESSION_TARGETS,
     TRANSITION_MEMBER_ROLES,
@@ -110,32 +109,27 @@ class TransitionOutcome:
 # --- helpers ---------------------------------------------------------------------------
 
 
-# Placeholders of the compiled queries below; no real id takes these values.
-_WORKFLOW_PLACEHOLDER = uuid.UUID(int=708_010)
-_USER_PLACEHOLDER = -708_011
-
-# Every transition starts with these reads: compiled once (topdog/compiled.py). The
-# state is read twice: `stored_state` is what the row holds until this transaction writes
-# it, and the write is guarded on it (see _save).
-_LOCK_AS_MEMBER = CompiledQuery(
-    lambda workflow_id, user_id: (
+def _locked(**lookups: Any) -> QuerySet[Workflow]:
+    """The workflow row to lock, with its project (not locked). The state is read twice:
+    `stored_state` is what the row holds until this transaction writes it, and the write
+    is guarded on it (see _save)."""
+    return (
         Workflow.objects.select_related("project")
         .select_for_update(of=("self",))
-        .filter(pk=workflow_id, project__memberships__user_id=user_id)
-        .annotate(member_role=F("project__memberships__role"), stored_state=F("state"))
-    ),
-    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
-    user_id=Param(Membership._meta.get_field("user").target_field, _USER_PLACEHOLDER),
-)
-_LOCK = CompiledQuery(
-    lambda workflow_id: (
-        Workflow.objects.select_related("project")
-        .select_for_update(of=("self",))
-        .filter(pk=workflow_id)
+        .filter(**lookups)
         .annotate(stored_state=F("state"))
-    ),
-    workflow_id=Param(Workflow._meta.pk, _WORKFLOW_PLACEHOLDER),
+    )
+
+
+# Every transition starts with one of these reads: compiled once (topdog/compiled.py).
+_LOCK_AS_MEMBER = CompiledQuery(
+    lambda workflow_id, user_id: _locked(
+        pk=workflow_id, project__memberships__user_id=user_id
+    ).annotate(member_role=F("project__memberships__role")),
+    workflow_id=WORKFLOW_ID,
+    user_id=MEMBER_USER_ID,
 )
+_LOCK = CompiledQuery(lambda workflow_id: _locked(pk=workflow_id), workflow_id=WORKFLOW_ID)
 
 
 def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
@@ -144,10 +138,7 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
 
     The same round trip reads the active prompt templates (`workflow.active_templates`,
     by role), which a transition into a new role renders."""
-    try:
-        workflow_id = uuid.UUID(str(workflow_id))
-    except ValueError as exc:
-        raise WorkflowNotFound() from exc
+    workflow_id = workflow_uuid(workflow_id)
     # The project and template rows are read with the lock (one round trip on
     # PostgreSQL) but not locked: what a transition reads of them (gates, threshold,
     # models, prompts) may change concurrently without making the transition wrong.
