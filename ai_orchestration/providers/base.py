@@ -133,11 +133,16 @@ def complete_with_retries(
     max_attempts: int = 5,
     base_delay: float = 0.5,
     max_delay: float = 20.0,
+    min_attempt_seconds: float = 0.25,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Completion:
     """Call `provider` until it answers, retrying 429/5xx/timeouts/cut streams with
     exponential backoff (honouring Retry-After) under one overall deadline.
+
+    A retry is made only if at least `min_attempt_seconds` of the deadline are left
+    after its backoff: an attempt with less could only time out, and its timeout would
+    hide the error that kept failing.
 
     Only the returned Completion is ever stored; the deltas of a failed attempt were
     shown live and are superseded by the next attempt's (see DeltaCallback).
@@ -190,7 +195,7 @@ def complete_with_retries(
                 delay = min(max_delay, base_delay * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random() / 2  # jitter
             delay = max(0.0, delay)  # a Retry-After date already past means "now"
-            if clock() + delay >= deadline:
+            if clock() + delay + min_attempt_seconds > deadline:
                 raise ProviderError(
                     f"{provider.name}: gave up after {attempt} attempts; the next retry "
                     f"would pass the {deadline_seconds:g}s deadline (last error: {exc})",

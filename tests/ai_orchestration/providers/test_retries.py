@@ -165,6 +165,27 @@ def test_no_retry_that_would_pass_the_deadline():
     assert clock.sleeps == []  # it did not wait for a retry it could not make
 
 
+def test_no_retry_is_left_too_little_time_to_answer():
+    # given: a backoff that would leave the retry 0.1 s of a 10 s deadline
+    clock = FakeClock()
+    provider = ScriptedProvider([retryable(status=503, retry_after=8.9), "never"], clock, cost=1)
+
+    # when
+    with pytest.raises(ProviderError) as caught:
+        run(provider, deadline_seconds=10, min_attempt_seconds=0.25)
+
+    # then: no attempt doomed to time out; the error that kept failing is the one told
+    assert clock.sleeps == []
+    assert "(last error: boom)" in str(caught.value)
+    assert (caught.value.status, caught.value.attempts) == (503, 1)
+
+    # and with more time left, the same backoff is waited out and the retry answers
+    clock = FakeClock()
+    provider = ScriptedProvider([retryable(status=503, retry_after=8.5), "ok"], clock, cost=1)
+    assert run(provider, deadline_seconds=10, min_attempt_seconds=0.25).content == "ok"
+    assert clock.sleeps == [8.5]
+
+
 def test_a_sleep_that_overruns_the_deadline_ends_with_the_last_error():
     # given: a backoff sized to fit the deadline, on a machine that sleeps longer
     clock = FakeClock()
