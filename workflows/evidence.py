@@ -12,6 +12,7 @@ from typing import Any
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from topdog.serializers import serializer_validate
 from workflows.states import State
 
 MAX_FILE_BYTES = 1_000_000
@@ -231,10 +232,11 @@ def evidence_validate(*, phase: str, data: Any) -> dict:
     """Validate `data` as `phase`'s evidence; raises DRF ValidationError with field errors."""
     if not isinstance(data, dict):
         raise ValidationError({"phase_result": [f"{phase} evidence must be a JSON object"]})
-    serializer = EVIDENCE_SCHEMAS[phase](data=data)
-    if not serializer.is_valid():
-        raise ValidationError({"phase_result": serializer.errors})
-    return json.loads(json.dumps(serializer.validated_data))
+    try:
+        validated = serializer_validate(EVIDENCE_SCHEMAS[phase], data)
+    except ValidationError as exc:
+        raise ValidationError({"phase_result": exc.detail}) from None
+    return json.loads(json.dumps(validated))
 
 
 def evidence_artifacts(*, phase: str, result: dict) -> list[dict]:

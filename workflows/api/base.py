@@ -6,6 +6,7 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from topdog.serializers import serializer_validate
 from workflows.api.idempotency import IdempotentMixin
 from workflows.models import Project, Workflow
 from workflows.services import available_transitions
@@ -17,9 +18,7 @@ class ApiView(IdempotentMixin, APIView):
 
 def validated_data(serializer_class: type[serializers.Serializer], request: Any) -> dict:
     """The request body validated by `serializer_class` (400 with field errors if not)."""
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
+    return serializer_validate(serializer_class, request.data)
 
 
 def next_action(workflow: Workflow) -> dict[str, Any]:
