@@ -14,14 +14,17 @@ six-column status read 0.9 ms against 0.12 ms (PostgreSQL 15, see bench/).
 
 Use them where a measured path needs them; everywhere else the ORM reads better."""
 
+import itertools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from django.core.exceptions import EmptyResultSet, FullResultSet, ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field, Model, QuerySet
+from django.db.models import Expression, Field, Model, QuerySet
 from django.db.models.constants import OnConflict
 from django.db.models.query import get_related_populators
 from django.db.models.sql.compiler import SQLCompiler
@@ -176,6 +179,16 @@ def _execute_all(db: BaseDatabaseWrapper, statements: list[tuple[str, list[Any]]
     return cursors
 
 
+def _raw_cursor(db: BaseDatabaseWrapper) -> Any:
+    """A cursor of `db` (PostgreSQL) that sends SQL written with $1, $2... as it is, wrapped
+    as Django's own cursors are (database errors, execute wrappers)."""
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    with db.wrap_database_errors:
+        return db.make_cursor(psycopg.RawCursor(db.connection))
+
+
 def _db() -> BaseDatabaseWrapper:
     """The default database's connection of this thread. Looked up once per call: every
     attribute read through `django.db.connection` repeats the per-thread lookup."""
@@ -188,6 +201,30 @@ def _lookup(names: dict[Any, str], value: Any) -> str | tuple[Any]:
         return names.get(value, (value,))
     except TypeError:  # unhashable: a constant (a list of an __in lookup, say)
         return (value,)
+
+
+class NextPk(Expression):
+    """The next primary key of `model`, taken from its sequence now (PostgreSQL), so that
+    a row inserted later in the transaction can carry it and rows written in the same
+    batch can refer to it. NULL on databases without sequences: insert the row first
+    there, as usual. An id reserved by a transaction that then inserts nothing is skipped,
+    as ids of rolled-back inserts are."""
+
+    def __init__(self, model: type[Model]) -> None:
+        super().__init__(output_field=model._meta.pk)
+        self.model = model
+
+    def as_sql(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper) -> tuple[str, list]:
+        return "NULL", []
+
+    def as_postgresql(
+        self, compiler: SQLCompiler, connection: BaseDatabaseWrapper
+    ) -> tuple[str, list]:
+        meta = self.model._meta
+        return "nextval(pg_get_serial_sequence(%s, %s))", [
+            connection.ops.quote_name(meta.db_table),
+            meta.pk.column,
+        ]
 
 
 @dataclass(frozen=True)
@@ -233,9 +270,10 @@ def model_insert(obj: Model) -> None:
 
 def models_write(rows: list[Model | Upsert | Update]) -> None:
     """Write `rows` in order: a model instance is INSERTed as `save(force_insert=True)`
-    would (its primary key is set), an Upsert or an Update as it says. A guarded Update
-    that misses raises UpdateMissed once all of them ran: call this inside
-    `transaction.atomic()`, which then rolls the batch back whole.
+    would (with the primary key it carries, or one the database gives it), an Upsert or
+    an Update as it says. A guarded Update that misses raises UpdateMissed once all of
+    them ran: call this inside `transaction.atomic()`, which then rolls the batch back
+    whole.
 
     For the rows written on every transition, where Django's machinery cost more than
     the database: each statement is built once per model from its fields, and values are
@@ -247,8 +285,12 @@ def models_write(rows: list[Model | Upsert | Update]) -> None:
     db = _db()
     statements = [_statement(db, row) for row in rows]
     if db.vendor == "postgresql" and len(rows) > 1:
-        sql = _batch_sql(tuple(key for key, _, _ in statements))
-        with db.cursor() as cursor:
+        sql, raw_sql = _batch_sql(tuple(key for key, _, _ in statements))
+        if db.queries_logged:  # Django's query log (DEBUG, counted queries) reads %s only
+            cursor = db.cursor()
+        else:
+            cursor, sql = _raw_cursor(db), raw_sql
+        with cursor:
             cursor.execute(sql, [value for _, _, values in statements for value in values])
             results = cursor.fetchone()
     else:
@@ -280,15 +322,21 @@ def _result(db: BaseDatabaseWrapper, cursor: Any, row: Model | Upsert | Update) 
     return db.ops.last_insert_id(cursor, meta.db_table, meta.pk.column)
 
 
-# statement keys -> the batch's one statement
-_BATCHES: dict[tuple, str] = {}
+# statement keys -> the batch's one statement, with %s and with $n placeholders
+_BATCHES: dict[tuple, tuple[str, str]] = {}
+# The statements are built from quoted names and placeholders only: no literal holds "%s".
+_PLACEHOLDER = re.compile(r"%s")
 
 
-def _batch_sql(keys: tuple) -> str:
+def _batch_sql(keys: tuple) -> tuple[str, str]:
     """Statements as one (PostgreSQL): each a WITH query answering one column, the main
-    query one row of their answers: an Update's matched rows, an insert's new pk."""
-    sql = _BATCHES.get(keys)
-    if sql is None:
+    query one row of their answers: an Update's matched rows, an insert's new pk.
+
+    Also written with PostgreSQL's own placeholders ($1, $2...), for a raw cursor: psycopg
+    caches its translation of %s only for statements of up to 50 parameters, and a
+    transition's batch has more, so it would parse the batch again on every run."""
+    batch = _BATCHES.get(keys)
+    if batch is None:
         queries, answers = [], []
         for n, key in enumerate(keys):
             statement, _ = _STATEMENTS[key]
@@ -299,8 +347,11 @@ def _batch_sql(keys: tuple) -> str:
             else:
                 queries.append(f"s{n} AS ({statement} RETURNING 1)")
                 answers.append(f"(SELECT count(*) FROM s{n})")
-        sql = _BATCHES[keys] = f"WITH {', '.join(queries)} SELECT {', '.join(answers)}"
-    return sql
+        sql = f"WITH {', '.join(queries)} SELECT {', '.join(answers)}"
+        numbers = itertools.count(1)
+        raw_sql = _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", sql)
+        batch = _BATCHES[keys] = (sql, raw_sql)
+    return batch
 
 
 def _statement(db: BaseDatabaseWrapper, row: Model | Upsert | Update) -> tuple[tuple, str, list]:
@@ -311,10 +362,11 @@ def _statement(db: BaseDatabaseWrapper, row: Model | Upsert | Update) -> tuple[t
     unique_fields, update_fields = (
         (row.unique_fields, row.update_fields) if isinstance(row, Upsert) else ((), ())
     )
-    key = ("insert", type(obj), db.vendor, unique_fields, update_fields)
+    with_pk = obj.pk is not None
+    key = ("insert", type(obj), db.vendor, unique_fields, update_fields, with_pk)
     built = _STATEMENTS.get(key)
     if built is None:
-        built = _STATEMENTS[key] = _insert_sql(db, type(obj), unique_fields, update_fields)
+        built = _STATEMENTS[key] = _insert_sql(db, type(obj), unique_fields, update_fields, with_pk)
     sql, fields = built
     return key, sql, [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
 
@@ -357,9 +409,10 @@ def _insert_sql(
     model: type[Model],
     unique_fields: tuple[str, ...],
     update_fields: tuple[str, ...],
+    with_pk: bool,
 ) -> tuple[str, list[Field]]:
     meta = model._meta
-    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+    fields = [f for f in meta.local_concrete_fields if with_pk or f is not meta.auto_field]
     quote = db.ops.quote_name
     sql = "INSERT INTO {} ({}) VALUES ({})".format(
         quote(meta.db_table),

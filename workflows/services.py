@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Model, QuerySet
 from django_fsm import ConcurrentTransition
 
 from ai_orchestration.prompts import (
@@ -26,6 +26,7 @@ from ai_orchestration.prompts import (
 )
 from topdog.compiled import (
     CompiledQuery,
+    NextPk,
     Update,
     UpdateMissed,
     Upsert,
@@ -109,43 +110,64 @@ class TransitionOutcome:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _locked(**lookups: Any) -> QuerySet[Workflow]:
-    """The workflow row to lock, with its project (not locked). The state is read twice:
-    `stored_state` is what the row holds until this transaction writes it, and the write
-    is guarded on it (see _save)."""
-    return (
-        Workflow.objects.select_related("project")
-        .select_for_update(of=("self",))
-        .filter(**lookups)
-        .annotate(stored_state=F("state"))
-    )
+def _locked(*, as_member: bool, reserve_phase_result: bool) -> CompiledQuery:
+    """The workflow row to lock, with its project (not locked), compiled once.
+
+    The state is read twice: `stored_state` is what the row holds until this transaction
+    writes it, and the write is guarded on it (see _save). As a member, the user's
+    project role comes with it (no row: not a member). `reserved_phase_result_id` is an
+    id for a phase result this transaction will write (None where the database has no
+    sequences; see NextPk)."""
+
+    def build(workflow_id: Any, user_id: Any = None) -> QuerySet[Workflow]:
+        queryset = (
+            Workflow.objects.select_related("project")
+            .select_for_update(of=("self",))
+            .filter(pk=workflow_id)
+            .annotate(stored_state=F("state"))
+        )
+        if as_member:
+            queryset = queryset.filter(project__memberships__user_id=user_id).annotate(
+                member_role=F("project__memberships__role")
+            )
+        if reserve_phase_result:
+            queryset = queryset.annotate(reserved_phase_result_id=NextPk(PhaseResult))
+        return queryset
+
+    params = {"workflow_id": WORKFLOW_ID}
+    if as_member:
+        params["user_id"] = MEMBER_USER_ID
+    return CompiledQuery(build, **params)
 
 
-# Every transition starts with one of these reads: compiled once (topdog/compiled.py).
-_LOCK_AS_MEMBER = CompiledQuery(
-    lambda workflow_id, user_id: _locked(
-        pk=workflow_id, project__memberships__user_id=user_id
-    ).annotate(member_role=F("project__memberships__role")),
-    workflow_id=WORKFLOW_ID,
-    user_id=MEMBER_USER_ID,
-)
-_LOCK = CompiledQuery(lambda workflow_id: _locked(pk=workflow_id), workflow_id=WORKFLOW_ID)
+# Every transition starts with one of these reads, by (as a member, reserving a phase
+# result id).
+_LOCKS = {
+    (as_member, reserve): _locked(as_member=as_member, reserve_phase_result=reserve)
+    for as_member in (True, False)
+    for reserve in (True, False)
+}
 
 
-def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
+def workflow_lock(
+    *, workflow_id: Any, actor: Actor, reserve_phase_result: bool = False
+) -> tuple[Workflow, str | None]:
     """The workflow row, locked, with its project, and the actor's project role (None for
     system actors). A workflow the user's projects do not hold is WorkflowNotFound.
 
     The same round trip reads the active prompt templates (`workflow.active_templates`,
-    by role), which a transition into a new role renders."""
+    by role), which a transition into a new role renders, and with `reserve_phase_result`
+    takes an id for the phase result the caller will write
+    (`workflow.reserved_phase_result_id`, None on SQLite)."""
     workflow_id = workflow_uuid(workflow_id)
     # The project and template rows are read with the lock (one round trip on
     # PostgreSQL) but not locked: what a transition reads of them (gates, threshold,
     # models, prompts) may change concurrently without making the transition wrong.
-    if actor.user is not None:
-        lock = (_LOCK_AS_MEMBER, {"workflow_id": workflow_id, "user_id": actor.user.pk})
-    else:
-        lock = (_LOCK, {"workflow_id": workflow_id})
+    as_member = actor.user is not None
+    values = {"workflow_id": workflow_id}
+    if as_member:
+        values["user_id"] = actor.user.pk
+    lock = (_LOCKS[as_member, reserve_phase_result], values)
     found, templates = CompiledQuery.instances_together(lock, (PROMPT_TEMPLATES_ACTIVE, {}))
     if not found:
         raise WorkflowNotFound()
@@ -304,10 +326,11 @@ def _save(
     handoff: Handoff | None = None,
     *,
     role_entered: bool = False,
-    message: Message | None = None,
+    new_rows: Iterable[Model] = (),
 ) -> None:
-    """Write the workflow and its new rows (the message, the role context of a role it has
-    just entered, events, handoff) in one batch; broadcast the events after commit.
+    """Write the workflow and its new rows (`new_rows` not yet inserted, the role context
+    of a role it has just entered, events, handoff) in one batch; broadcast the events
+    after commit.
 
     A locked workflow's UPDATE is guarded on the state it was locked in, as
     ConcurrentTransitionMixin guards its save: a row found in another state is a
@@ -318,7 +341,8 @@ def _save(
     else:
         head = Update(workflow, Workflow.MUTABLE_FIELDS, where={"state": workflow.stored_state})
     role_context = _role_context_row(workflow) if role_entered else None
-    rows = [head, message, role_context, *events, handoff]
+    new_rows = [row for row in new_rows if row._state.adding]
+    rows = [head, *new_rows, role_context, *events, handoff]
     try:
         models_write([row for row in rows if row is not None])
     except UpdateMissed as exc:
@@ -406,7 +430,9 @@ def workflow_phase_complete(
     validation error.
     """
     with transaction.atomic():
-        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        workflow, member_role = workflow_lock(
+            workflow_id=workflow_id, actor=actor, reserve_phase_result=True
+        )
         if expected_state is not None and expected_state != workflow.state:
             allowed = available_transitions(workflow, member_role)
             raise TransitionConflict(
@@ -425,6 +451,7 @@ def workflow_phase_complete(
         gated = regress_to is None and workflow.project.has_gate(phase)
         attempt = workflow.next_attempt(phase)
         phase_result = PhaseResult(
+            pk=workflow.reserved_phase_result_id,
             workflow=workflow,
             phase=phase,
             attempt=attempt,
@@ -435,7 +462,10 @@ def workflow_phase_complete(
             content_hash=sha256_text(canonical_json(evidence)),
             created_by=actor.user,
         )
-        model_insert(phase_result)
+        if phase_result.pk is None:
+            # No id reserved (SQLite): insert it now for its id. Otherwise it is written
+            # with the rest, and the events and handoff refer to its reserved id.
+            model_insert(phase_result)
         usage = usage or CallUsage()
         message = Message(
             workflow=workflow,
@@ -511,7 +541,13 @@ def workflow_phase_complete(
                 phase_result=phase_result,
             )
             events.append(event)
-        _save(workflow, events, handoff, role_entered=workflow.state != phase, message=message)
+        _save(
+            workflow,
+            events,
+            handoff,
+            role_entered=workflow.state != phase,
+            new_rows=[phase_result, message],
+        )
     return TransitionOutcome(workflow, phase, handoff, phase_result)
 
 

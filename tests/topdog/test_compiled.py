@@ -6,12 +6,13 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from tests.factories import workflow_for
 from topdog.compiled import (
     CompiledQuery,
+    NextPk,
     Param,
     Update,
     UpdateMissed,
@@ -19,7 +20,15 @@ from topdog.compiled import (
     model_insert,
     models_write,
 )
-from workflows.models import Membership, Message, RoleContext, Workflow, WorkflowEvent
+from workflows.models import (
+    Handoff,
+    Membership,
+    Message,
+    PhaseResult,
+    RoleContext,
+    Workflow,
+    WorkflowEvent,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -277,3 +286,48 @@ def test_a_guarded_update_that_misses_fails_its_batch_whole(project, user):
     workflow.regression_count = F("regression_count") + 1
     with pytest.raises(ValueError, match="values, not expressions"):
         models_write([Update(workflow, ("regression_count",), where={})])
+
+
+def test_a_reserved_pk_is_written_with_the_batch_that_refers_to_it(project, user):
+    workflow = workflow_for(project, user)
+    reserve = CompiledQuery(
+        lambda workflow_id: Workflow.objects.filter(pk=workflow_id).annotate(
+            next_result_id=NextPk(PhaseResult)
+        ),
+        workflow_id=Param(PK, uuid.UUID(int=1)),
+    )
+
+    # when: an id is reserved with a read, twice
+    first = reserve.instances(workflow_id=workflow.pk)[0].next_result_id
+    second = reserve.instances(workflow_id=workflow.pk)[0].next_result_id
+
+    if connection.vendor != "postgresql":
+        # then: no sequences, no reservation: the caller inserts first, as usual
+        assert first is None and second is None
+        return
+
+    # then: each read takes a new id from the table's sequence
+    assert second > first
+
+    # when: a batch inserts the result with its reserved id, and a row that refers to it
+    result = PhaseResult(
+        pk=second, workflow=workflow, phase="DISCOVERY", attempt=1, result={}, content_hash="x"
+    )
+    handoff = Handoff(
+        workflow=workflow,
+        kind="forward",
+        from_state="DISCOVERY",
+        to_state="PLANNING",
+        actor_name="test",
+        phase_result=result,
+        event_seq=1,
+    )
+    with transaction.atomic():
+        models_write([result, handoff])
+
+    # then: both stored, the reference intact; the sequence carries on past the id
+    assert Handoff.objects.get(pk=handoff.pk).phase_result_id == second
+    later = PhaseResult.objects.create(
+        workflow=workflow, phase="DISCOVERY", attempt=2, result={}, content_hash="y"
+    )
+    assert later.pk > second

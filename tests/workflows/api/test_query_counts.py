@@ -1,6 +1,8 @@
 """Pinned query counts: one for authentication, then the selector's one query."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories import evidence, workflow_for
 from workflows.services import Actor, workflow_phase_complete
@@ -56,3 +58,24 @@ def test_events_page_is_three_queries(warm_api, workflows, django_assert_num_que
     with django_assert_num_queries(3):
         response = warm_api.get(f"/api/workflows/{workflows[0].id}/events/?after=1")
     assert [e["seq"] for e in response.json()["results"]] == [2, 3]
+
+
+def test_complete_phase_writes_its_rows_in_one_statement_on_postgresql(warm_api, workflows):
+    # when
+    with CaptureQueriesContext(connection) as captured:
+        response = warm_api.post(
+            "/api/ai-workflows/complete-phase",
+            {
+                "workflow_id": str(workflows[1].id),
+                "ai_response": "ok",
+                "phase_result": evidence("DISCOVERY"),
+            },
+            format="json",
+        )
+
+    # then: authentication; the locked workflow and the active templates (one round trip
+    # on PostgreSQL); every row of the transition, its phase result included, in one
+    # statement. SQLite reserves no ids and writes the seven rows one by one.
+    assert response.status_code == 200, response.json()
+    statements = [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == (4 if connection.vendor == "postgresql" else 10), statements
