@@ -178,7 +178,10 @@ def _is_not_awaiting_approval(workflow: "Workflow") -> bool:
 
 class Workflow(ConcurrentTransitionMixin, models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="workflows")
+    # No index of its own: workflow_project_recent serves lookups by project.
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, related_name="workflows", db_index=False
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -349,7 +352,10 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
 class RoleContext(models.Model):
     """What a role works with in one workflow: its rendered system prompt and settings."""
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="role_contexts")
+    # No index of its own: the (workflow, role) unique index serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="role_contexts", db_index=False
+    )
     role = models.CharField(max_length=30, choices=Role.choices)
     system_prompt = models.TextField()
     prompt_template = models.ForeignKey(
@@ -371,7 +377,10 @@ class RoleContext(models.Model):
 
 
 class Message(models.Model):
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: the (workflow, seq) unique index serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     seq = models.PositiveIntegerField()
     role = models.CharField(max_length=30, choices=Role.choices)
     sender = models.CharField(max_length=10, choices=Sender.choices)
@@ -403,7 +412,10 @@ class PhaseResult(models.Model):
         REJECTED = "rejected"
         WITHDRAWN = "withdrawn"  # pending when the workflow was cancelled or failed
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="phase_results")
+    # No index of its own: the (workflow, phase, attempt) unique index serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="phase_results", db_index=False
+    )
     phase = models.CharField(max_length=20, choices=State.choices)
     attempt = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
@@ -444,7 +456,10 @@ class AppendOnlyModel(models.Model):
 
 
 class Handoff(AppendOnlyModel):
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="handoffs")
+    # No index of its own: the (workflow, event_seq) index serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="handoffs", db_index=False
+    )
     kind = models.CharField(max_length=12, choices=HandoffKind.choices)
     from_role = models.CharField(max_length=30, choices=Role.choices, null=True, blank=True)
     to_role = models.CharField(max_length=30, choices=Role.choices, null=True, blank=True)
@@ -472,7 +487,10 @@ class Handoff(AppendOnlyModel):
 
 
 class WorkflowEvent(AppendOnlyModel):
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: the (workflow, seq) unique index serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=40, choices=EventType.choices)
     data = models.JSONField(default=dict)
