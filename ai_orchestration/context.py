@@ -7,14 +7,13 @@ budget. Trimming drops the oldest history first and never drops the system promp
 latest handoff or the instruction.
 """
 
-import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from ai_orchestration.repository_context import repository_context_text
 from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
-from workflows.evidence import evidence_example
+from workflows.evidence import evidence_example_text
 from workflows.models import Handoff, Message, RoleContext, Workflow
 from workflows.states import HandoffKind, Sender
 
@@ -165,6 +164,6 @@ def _instruction(workflow: Workflow, handoffs: list[Handoff]) -> str:
             parts.append(f"The work was sent back. Address every point:\n{latest.feedback}")
     parts.append(
         "Answer with a single JSON object shaped like this example:\n"
-        + json.dumps(evidence_example(workflow.state), indent=2)
+        + evidence_example_text(workflow.state)
     )
     return "\n\n".join(parts)

@@ -10,7 +10,7 @@ from django.db.models import Max
 from ai_orchestration.default_prompts import DEFAULT_PROMPTS
 from ai_orchestration.models import PromptTemplate
 from topdog.compiled import CompiledQuery
-from workflows.evidence import evidence_example
+from workflows.evidence import evidence_example_text
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -44,7 +44,7 @@ def prompt_render(*, body: str, workflow: "Workflow", role: str, state: str) -> 
         project=project.name,
         repository=project.repository or "(none connected)",
         requirements=json.dumps(workflow.requirements, indent=2, ensure_ascii=False),
-        evidence_schema=json.dumps(evidence_example(state), indent=2),
+        evidence_schema=evidence_example_text(state),
     )
 
 

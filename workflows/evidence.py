@@ -7,6 +7,7 @@ the autopilot all validate through it, so a phase result means the same everywhe
 import hashlib
 import json
 import posixpath
+from functools import cache
 from typing import Any
 
 from rest_framework import serializers
@@ -297,6 +298,13 @@ def findings_feedback(findings: list[dict]) -> str:
 def evidence_example(phase: str) -> dict:
     """A minimal valid example of `phase`'s evidence, shown to models and in the docs."""
     return EVIDENCE_EXAMPLES[phase]
+
+
+@cache
+def evidence_example_text(phase: str) -> str:
+    """`evidence_example(phase)` as indented JSON, as prompts show it (made once: every
+    role context rendered on a transition shows one)."""
+    return json.dumps(EVIDENCE_EXAMPLES[phase], indent=2)
 
 
 EVIDENCE_EXAMPLES: dict[str, dict] = {
