@@ -5,7 +5,9 @@ when TOPDOG_SERVE_STATIC is on, because daphne serves none itself); websocket ro
 join the router here.
 """
 
+import asyncio
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -20,13 +22,14 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from topdog.ws_auth import TokenAuthMiddleware, origin_checked  # noqa: E402
+from workflows.broadcast import broadcast_loop_set  # noqa: E402
 from workflows.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = (
     ASGIStaticFilesHandler(django_asgi_app) if settings.TOPDOG_SERVE_STATIC else django_asgi_app
 )
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": http_app,
         # Origin must match ALLOWED_HOSTS (a missing Origin, as from non-browser clients,
@@ -36,3 +39,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+
+async def application(scope: dict, receive: Any, send: Any) -> None:
+    """The router, once it has noted the server's event loop for workflow broadcasts."""
+    broadcast_loop_set(asyncio.get_running_loop())
+    await router(scope, receive, send)

@@ -2,15 +2,31 @@
 
 Called only from `transaction.on_commit`, so nothing is published for a transaction that
 rolls back. Delivery is at-most-once; clients recover gaps from the database by seq.
+
+In a process serving ASGI, a view's thread hands its events to the server's event loop
+and goes on: the response does not wait for the channel layer (a few Redis round trips).
+Elsewhere (task workers, management commands) the events are sent before the call
+returns.
 """
 
+import asyncio
 import logging
+from concurrent.futures import Future
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
+
+# The event loop of the ASGI server in this process (set by topdog.asgi), if any.
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def broadcast_loop_set(loop: asyncio.AbstractEventLoop) -> None:
+    """Send broadcasts made in worker threads through `loop`, the ASGI server's."""
+    global _server_loop
+    _server_loop = loop
 
 
 def workflow_group(workflow_id: Any) -> str:
@@ -61,10 +77,28 @@ def workflow_events_broadcast(*, events: list[Any]) -> None:
     layer = get_channel_layer()
     if layer is None or not events:
         return
+    loop = _server_loop
+    if loop is not None and loop.is_running() and not _in_event_loop():
+        sending = asyncio.run_coroutine_threadsafe(_send_all(layer, events), loop)
+        sending.add_done_callback(_log_failure)
+        return
     try:
         async_to_sync(_send_all)(layer, events)
     except Exception:  # a broken layer must not turn a committed change into an error
         logger.exception("broadcast of %d workflow events failed", len(events))
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _log_failure(sending: Future) -> None:
+    if not sending.cancelled() and sending.exception() is not None:
+        logger.error("broadcast of workflow events failed", exc_info=sending.exception())
 
 
 async def _send_all(layer: Any, events: list[Any]) -> None:
