@@ -47,7 +47,7 @@ def _window_script() -> Any:
     return client.register_script(_SLIDING_WINDOW)
 
 
-class RedisRateMixin(SimpleRateThrottle):
+class RedisRateThrottle(SimpleRateThrottle):
     """SimpleRateThrottle's sliding window, kept in Redis (see the module docstring).
 
     Keys carry the cache's KEY_PREFIX. If Redis cannot be reached the request is let
@@ -78,9 +78,9 @@ class RedisRateMixin(SimpleRateThrottle):
         return self._wait
 
 
-class RedisAnonRateThrottle(RedisRateMixin, AnonRateThrottle):
+class RedisAnonRateThrottle(RedisRateThrottle, AnonRateThrottle):
     """AnonRateThrottle (by client IP) with its window in Redis."""
 
 
-class RedisUserRateThrottle(RedisRateMixin, UserRateThrottle):
+class RedisUserRateThrottle(RedisRateThrottle, UserRateThrottle):
     """UserRateThrottle (by user, or IP when anonymous) with its window in Redis."""
