@@ -18,6 +18,7 @@ import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -46,32 +47,28 @@ class CompiledQuery:
     def __init__(self, build: Callable[..., QuerySet], **params: Param) -> None:
         self.build = build
         self.params = params
-        # vendor -> (sql, per SQL parameter: a param name, or a constant in a 1-tuple)
-        self._compiled: dict[str, tuple[str, tuple[str | tuple[Any], ...]]] = {}
-        # vendor -> the compiler that built the SQL (it knows the columns' meaning)
-        self._compilers: dict[str, SQLCompiler] = {}
-        # vendor -> how a row becomes an instance
-        self._hydrations: dict[str, _Hydration] = {}
+        self._by_vendor: dict[str, _Compiled] = {}
 
     def sql_params(self, **values: Any) -> tuple[str, list[Any]]:
         """The SQL and its parameters for `values` (one per Param, prepared like Django)."""
         return self._sql_params(_db(), values)
 
     def _sql_params(self, db: BaseDatabaseWrapper, values: dict[str, Any]) -> tuple[str, list]:
-        sql, order = self._compiled.get(db.vendor) or self._compile(db)
+        compiled = self._compiled(db)
         prepared = {
             name: param.field.get_db_prep_value(values[name], db, prepared=False)
             for name, param in self.params.items()
         }
-        return sql, [prepared[p] if isinstance(p, str) else p[0] for p in order]
+        return compiled.sql, [prepared[p] if isinstance(p, str) else p[0] for p in compiled.order]
 
     def fetchone(self, **values: Any) -> tuple | None:
-        """The first row, as the database driver returns it."""
+        """The first row, its values converted as the ORM's values_list() converts them."""
         db = _db()
         sql, params = self._sql_params(db, values)
         with db.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchone()
+            row = cursor.fetchone()
+        return None if row is None else _converted(row, self._compiled(db).converters, db)
 
     def instances(self, **values: Any) -> list[Model]:
         """The rows as model instances (annotations become attributes)."""
@@ -86,17 +83,16 @@ class CompiledQuery:
         for (query, _), cursor in zip(runs, cursors, strict=True):
             with cursor:
                 rows = cursor.fetchall()
-                results.append(query._hydration(db).instances(db, rows))
+                results.append(query._compiled(db).hydration.instances(db, rows))
         return results
 
-    def _hydration(self, db: BaseDatabaseWrapper) -> "_Hydration":
-        hydration = self._hydrations.get(db.vendor)
-        if hydration is None:
-            # the compiler of this vendor is there: sql_params compiled it
-            hydration = self._hydrations[db.vendor] = _Hydration(db, self._compilers[db.vendor])
-        return hydration
+    def _compiled(self, db: BaseDatabaseWrapper) -> "_Compiled":
+        compiled = self._by_vendor.get(db.vendor)
+        if compiled is None:
+            compiled = self._by_vendor[db.vendor] = self._compile(db)
+        return compiled
 
-    def _compile(self, db: BaseDatabaseWrapper) -> tuple[str, tuple[str | tuple[Any], ...]]:
+    def _compile(self, db: BaseDatabaseWrapper) -> "_Compiled":
         queryset = self.build(**{name: param.placeholder for name, param in self.params.items()})
         compiler = queryset.query.get_compiler(connection=db)
         try:
@@ -116,9 +112,28 @@ class CompiledQuery:
             raise ImproperlyConfigured(
                 f"CompiledQuery: each of {sorted(self.params)} must appear once in {sql!r}"
             )
-        self._compilers[db.vendor] = compiler
-        self._compiled[db.vendor] = (sql, order)
-        return sql, order
+        return _Compiled(sql, order, compiler, db.alias)
+
+
+class _Compiled:
+    """A queryset's SQL on one database vendor: per SQL parameter a param name or a
+    constant in a 1-tuple, and from the compiler that built it, how its rows are read."""
+
+    def __init__(
+        self, sql: str, order: tuple[str | tuple[Any], ...], compiler: SQLCompiler, alias: str
+    ) -> None:
+        self.sql, self.order, self.compiler, self.alias = sql, order, compiler, alias
+
+    @cached_property
+    def converters(self) -> list:
+        """(position, (converters, expression)) of the columns the database answers in a
+        form Django converts (SQLite's 0/1 booleans, say)."""
+        columns = [column[0] for column in self.compiler.select]
+        return list(self.compiler.get_converters(columns).items())
+
+    @cached_property
+    def hydration(self) -> "_Hydration":
+        return _Hydration(self.compiler, self.converters, self.alias)
 
 
 class _Hydration:
@@ -126,7 +141,7 @@ class _Hydration:
     objects and annotations included), planned once from the compiler that built the SQL.
     Converters run with the connection of the thread reading the rows."""
 
-    def __init__(self, db: BaseDatabaseWrapper, compiler: SQLCompiler) -> None:
+    def __init__(self, compiler: SQLCompiler, converters: list, alias: str) -> None:
         select, klass_info = compiler.select, compiler.klass_info
         if klass_info is None or not compiler.query.default_cols:  # values(), values_list()
             raise ImproperlyConfigured("CompiledQuery.instances needs a queryset of models")
@@ -134,18 +149,14 @@ class _Hydration:
         positions = klass_info["select_fields"]
         self.start, self.end = positions[0], positions[-1] + 1
         self.init_list = [column[0].target.attname for column in select[self.start : self.end]]
-        self.related = get_related_populators(klass_info, select, db.alias)
+        self.related = get_related_populators(klass_info, select, alias)
         self.annotations = list(compiler.annotation_col_map.items())
-        self.converters = list(compiler.get_converters([column[0] for column in select]).items())
+        self.converters = converters
 
     def instances(self, db: BaseDatabaseWrapper, rows: list[tuple]) -> list[Model]:
         found = []
         for row in rows:
-            if self.converters:
-                row = list(row)
-                for position, (converters, expression) in self.converters:
-                    for convert in converters:
-                        row[position] = convert(row[position], expression, db)
+            row = _converted(row, self.converters, db)
             instance = self.model.from_db(db.alias, self.init_list, row[self.start : self.end])
             for populator in self.related:
                 populator.populate(row, instance)
@@ -153,6 +164,17 @@ class _Hydration:
                 setattr(instance, name, row[position])
             found.append(instance)
         return found
+
+
+def _converted(row: tuple, converters: list, db: BaseDatabaseWrapper) -> tuple:
+    """`row` with Django's converters applied to the columns that have them."""
+    if not converters:
+        return row
+    values = list(row)
+    for position, (functions, expression) in converters:
+        for convert in functions:
+            values[position] = convert(values[position], expression, db)
+    return tuple(values)
 
 
 def _execute_all(db: BaseDatabaseWrapper, statements: list[tuple[str, list[Any]]]) -> list[Any]:

@@ -23,7 +23,6 @@ _USER_FIELDS = tuple(
     for field in get_user_model()._meta.concrete_fields
     if field.attname in {"id", "username", "is_active", "is_superuser", "is_staff"}
 )
-_BOOLEAN_FIELDS = {"is_active", "is_superuser", "is_staff"}
 
 # Every API request runs this: compiled once (topdog/compiled.py).
 _TOKEN_QUERY = CompiledQuery(
@@ -68,14 +67,7 @@ class ApiTokenAuthentication(BaseAuthentication):
                 "invalid or revoked token; create one with `manage.py topdog token create`"
             )
         token_id, stale, *values = row
-        user = get_user_model().from_db(
-            connection.alias,
-            _USER_FIELDS,
-            [
-                bool(value) if name in _BOOLEAN_FIELDS else value  # SQLite answers 0/1
-                for name, value in zip(_USER_FIELDS, values, strict=True)
-            ],
-        )
+        user = get_user_model().from_db(connection.alias, _USER_FIELDS, values)
         if not user.is_active:
             raise AuthenticationFailed("this user is deactivated")
         if stale:

@@ -4,7 +4,6 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db.models import F, QuerySet
 
 from topdog.compiled import CompiledQuery, Param
@@ -53,9 +52,10 @@ def workflow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Workflow]:
 
 def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow:
     """One workflow the user may see, in one query; WorkflowNotFound otherwise."""
+    queryset = workflow_list_for_user(user=user).select_related("created_by")
     try:
-        return workflow_list_for_user(user=user).select_related("created_by").get(pk=workflow_id)
-    except (Workflow.DoesNotExist, ValueError, ValidationError) as exc:
+        return queryset.get(pk=workflow_uuid(workflow_id))
+    except Workflow.DoesNotExist as exc:
         raise WorkflowNotFound() from exc
 
 
@@ -97,7 +97,7 @@ def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
         "completed_phases": completed,
         "next_role": role,
         "is_complete": state == State.COMPLETE,
-        "awaiting_approval": bool(awaiting),  # SQLite answers 0/1
+        "awaiting_approval": awaiting,
         "regression_count": regressions,
     }
 

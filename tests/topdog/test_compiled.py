@@ -331,3 +331,19 @@ def test_a_reserved_pk_is_written_with_the_batch_that_refers_to_it(project, user
         workflow=workflow, phase="DISCOVERY", attempt=2, result={}, content_hash="y"
     )
     assert later.pk > second
+
+
+def test_fetchone_converts_values_as_values_list_does(project, user):
+    workflow = workflow_for(project, user)
+    columns = ("awaiting_approval", "created_at", "requirements")
+    query = CompiledQuery(
+        lambda workflow_id: Workflow.objects.filter(pk=workflow_id).values_list(*columns),
+        workflow_id=Param(PK, uuid.UUID(int=1)),
+    )
+
+    row = query.fetchone(workflow_id=workflow.pk)
+
+    # SQLite stores booleans as 0/1 and datetimes as text: the row holds Python values
+    assert row == Workflow.objects.filter(pk=workflow.pk).values_list(*columns).get()
+    assert row[0] is False
+    assert row[1] == workflow.created_at
