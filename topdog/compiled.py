@@ -308,10 +308,12 @@ def models_write(rows: list[Model | Upsert | Update]) -> None:
     statements = [_statement(db, row) for row in rows]
     if db.vendor == "postgresql" and len(rows) > 1:
         sql, raw_sql = _batch_sql(tuple(key for key, _, _ in statements))
-        if db.queries_logged:  # Django's query log (DEBUG, counted queries) reads %s only
-            cursor = db.cursor()
-        else:
+        # The $n form needs server-side binding (DB_SERVER_SIDE_BINDING, off behind
+        # PgBouncer), and Django's query log (DEBUG, counted queries) shows %s only.
+        if db.features.uses_server_side_binding and not db.queries_logged:
             cursor, sql = _raw_cursor(db), raw_sql
+        else:
+            cursor = db.cursor()
         with cursor:
             cursor.execute(sql, [value for _, _, values in statements for value in values])
             results = cursor.fetchone()

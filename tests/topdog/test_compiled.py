@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
+from tests.conftest import on_postgres
 from tests.factories import workflow_for
 from topdog.compiled import (
     CompiledQuery,
@@ -347,3 +348,28 @@ def test_fetchone_converts_values_as_values_list_does(project, user):
     assert row == Workflow.objects.filter(pk=workflow.pk).values_list(*columns).get()
     assert row[0] is False
     assert row[1] == workflow.created_at
+
+
+@on_postgres
+@pytest.mark.parametrize("server_binding", [True, False])
+def test_a_batch_is_sent_in_the_form_the_connection_binds(
+    project, user, monkeypatch, server_binding
+):
+    # given: server-side binding on (the default), or off as behind PgBouncer
+    monkeypatch.setattr(connection.features, "uses_server_side_binding", server_binding)
+    workflow = workflow_for(project, user)  # its event seq 1 exists
+    sent = []
+
+    def record(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    # when
+    events = [WorkflowEvent(workflow=workflow, seq=s, type="t.bind", data={}) for s in (2, 3)]
+    with connection.execute_wrapper(record), transaction.atomic():
+        models_write(events)
+
+    # then: $n placeholders only where the server binds them; the rows are written alike
+    [batch] = [sql for sql in sent if sql.startswith("WITH")]
+    assert ("$1" in batch) is server_binding and ("%s" in batch) is not server_binding
+    assert WorkflowEvent.objects.filter(type="t.bind").count() == 2
