@@ -4,19 +4,15 @@
 set, commits once and pushes. It is idempotent: when the remote branch already holds
 the change set (a retry after success) nothing is committed or pushed.
 
-Every git command runs with an explicit environment: no user or system config
-(`GIT_CONFIG_GLOBAL=/dev/null`, `GIT_CONFIG_NOSYSTEM=1`), no prompts
-(`GIT_TERMINAL_PROMPT=0`), only the transports the remote needs (`GIT_ALLOW_PROTOCOL`),
-no hooks, and a timeout. A token never appears in argv or in the remote URL: it travels
-as an `http.<remote>.extraHeader` set through `GIT_CONFIG_*` variables, and is
-scrubbed from every message.
+Git runs through `integrations.git.runner.GitRunner`: a clean environment, no hooks,
+a timeout, and a token only in `GIT_CONFIG_*` variables, scrubbed from every message.
+`change_set_write` writes a change set into a checkout; `integrations.workspace` uses
+it too.
 """
 
-import base64
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,12 +20,14 @@ from pathlib import Path
 
 from integrations.change_set import FileChange, UnsafeChangeSet, change_set_normalize
 from integrations.git.patch import git_change_set_patch
+from integrations.git.runner import GitRunner, GitWorkspaceError
 from integrations.repository import git_branch_name_check, git_remote_url_check
-from integrations.secrets import SecretToken, secret_scrub, secret_token
+from integrations.secrets import SecretToken, secret_token
 
 __all__ = [
     "GitWorkspaceError",
     "PushResult",
+    "change_set_write",
     "git_change_set_patch",
     "git_change_set_push",
 ]
@@ -38,22 +36,6 @@ logger = logging.getLogger("integrations.git")
 
 DEFAULT_ALLOWED_HOSTS = frozenset({"github.com"})
 DEFAULT_TIMEOUT_SECONDS = 120.0
-STDERR_TAIL_CHARS = 600
-
-
-class GitWorkspaceError(RuntimeError):
-    """A git operation that failed. `kind`: not_found, rejected, timeout, failed."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"GitWorkspaceError(kind={self.kind!r}, message={self.message!r})"
-
-    def __reduce__(self):  # picklable, for task queues that store the failure
-        return (self.__class__, (self.kind, self.message))
 
 
 @dataclass(frozen=True)
@@ -63,95 +45,7 @@ class PushResult:
     pushed: bool
 
 
-class _Git:
-    """Runs git in one workspace with a fixed, credential-free argv."""
-
-    def __init__(
-        self,
-        *,
-        cwd: Path,
-        remote_url: str,
-        token: SecretToken | None,
-        author: tuple[str, str],
-        local: bool,
-        timeout: float,
-    ):
-        self.cwd = cwd
-        self.token = token
-        self.timeout = timeout
-        name, email = author
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(cwd),
-            "LANG": "C",
-            "LC_ALL": "C",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ASKPASS": "/bin/false",
-            "SSH_ASKPASS": "/bin/false",
-            "GIT_CONFIG_GLOBAL": "/dev/null",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_ALLOW_PROTOCOL": "https:file" if local else "https",
-            "GIT_LITERAL_PATHSPECS": "1",
-            "GIT_AUTHOR_NAME": name,
-            "GIT_AUTHOR_EMAIL": email,
-            "GIT_COMMITTER_NAME": name,
-            "GIT_COMMITTER_EMAIL": email,
-        }
-        if token is not None:
-            basic = base64.b64encode(f"x-access-token:{token.value}".encode()).decode()
-            self.env.update(
-                {
-                    "GIT_CONFIG_COUNT": "1",
-                    "GIT_CONFIG_KEY_0": f"http.{remote_url}.extraHeader",
-                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-                }
-            )
-
-    def __repr__(self) -> str:
-        return f"_Git(cwd={str(self.cwd)!r})"
-
-    def run(
-        self,
-        *args: str,
-        what: str,
-        cwd: Path | None = None,
-        stdin: str | None = None,
-        ok_codes: tuple[int, ...] = (0,),
-    ) -> subprocess.CompletedProcess:
-        argv = [
-            "git",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.autocrlf=false",
-            "-c",
-            "commit.gpgSign=false",
-            "-c",
-            "transfer.fsckObjects=true",
-            *args,
-        ]
-        try:
-            done = subprocess.run(
-                argv,
-                cwd=cwd or self.cwd,
-                env=self.env,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise GitWorkspaceError(
-                "timeout", f"git {what} took longer than {self.timeout:.0f} s: check the remote"
-            ) from None
-        if done.returncode not in ok_codes:
-            tail = secret_scrub(done.stderr.strip()[-STDERR_TAIL_CHARS:], [self.token])
-            raise GitWorkspaceError("failed", f"git {what} failed: {tail or 'no message'}")
-        return done
-
-
-def _remote_heads(git: _Git, remote: str, branches: Iterable[str]) -> dict[str, str]:
+def _remote_heads(git: GitRunner, remote: str, branches: Iterable[str]) -> dict[str, str]:
     """{branch: sha} of the given branches that exist on the remote."""
     refs = [f"refs/heads/{b}" for b in branches]
     out = git.run("ls-remote", "--heads", "--", remote, *refs, what="ls-remote").stdout
@@ -170,7 +64,7 @@ def _inside(root: Path, target: Path) -> bool:
     return True
 
 
-def _apply(root: Path, changes: tuple[FileChange, ...]) -> list[str]:
+def change_set_write(root: Path, changes: Iterable[FileChange]) -> list[str]:
     """Write the change set into the checkout at `root`; the paths git must stage.
     Refuses any path whose parent resolves outside `root` (a symlinked directory in
     the repository), and replaces a symlink at the path itself with a regular file."""
@@ -238,7 +132,7 @@ def git_change_set_push(
     secret = secret_token(token) if token is not None else None
     workspace = Path(tempfile.mkdtemp(prefix="topdog-git-", dir=workdir))
     try:
-        git = _Git(
+        git = GitRunner(
             cwd=workspace,
             remote_url=remote,
             token=secret,
@@ -273,7 +167,7 @@ def git_change_set_push(
         git.cwd = checkout
         if start != branch:
             git.run("checkout", "--quiet", "-b", branch, what=f"checkout -b {branch}")
-        touched = _apply(checkout, changes)
+        touched = change_set_write(checkout, changes)
         if touched:
             git.run(
                 "add",
