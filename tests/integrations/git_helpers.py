@@ -21,3 +21,24 @@ def git(*args, cwd, check=True) -> str:
     if check and done.returncode != 0:
         raise AssertionError(done.stderr)
     return done.stdout
+
+
+def write(root, files) -> None:
+    """Write {path: text} below `root`, making directories as needed."""
+    for path, content in files.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+
+def subprocess_calls_record(monkeypatch) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, env) of every later subprocess.run call, which still runs."""
+    calls = []
+    real_run = subprocess.run
+
+    def recording_run(argv, **kwargs):
+        calls.append((argv, kwargs.get("env") or {}))
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    return calls

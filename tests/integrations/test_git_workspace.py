@@ -1,5 +1,4 @@
 import os
-import subprocess
 
 import pytest
 
@@ -7,7 +6,7 @@ from integrations.change_set import UnsafeChangeSet
 from integrations.git import GitWorkspaceError, git_change_set_patch, git_change_set_push
 from integrations.repository import UnsafeRepositoryReference
 from tests.integrations.conftest import TOKEN
-from tests.integrations.git_helpers import git
+from tests.integrations.git_helpers import git, subprocess_calls_record, write
 
 BASE_FILES = {
     "README.md": "# App\n",
@@ -21,13 +20,6 @@ CHANGE_SET = [
     {"path": "app/feature/new.py", "action": "create", "content": "NEW = 'ü'\n"},
     {"path": "old/legacy.py", "action": "delete"},
 ]
-
-
-def write(root, files):
-    for path, content in files.items():
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
 
 
 def tree_of(remote, ref) -> dict[str, str]:
@@ -152,14 +144,7 @@ def test_a_missing_base_branch(remote, tmp_path):
 
 
 def test_the_token_never_reaches_argv(remote, tmp_path, monkeypatch):
-    calls = []
-    real_run = subprocess.run
-
-    def recording_run(argv, **kwargs):
-        calls.append((argv, kwargs.get("env") or {}))
-        return real_run(argv, **kwargs)
-
-    monkeypatch.setattr(subprocess, "run", recording_run)
+    calls = subprocess_calls_record(monkeypatch)
 
     push(remote, tmp_path, token=TOKEN)
 
