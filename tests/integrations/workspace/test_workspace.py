@@ -242,10 +242,12 @@ def test_concurrent_first_opens_share_one_mirror(origin, root):
 
 def test_least_recently_used_mirrors_are_evicted(tmp_path, root):
     first, second = Origin(tmp_path, "first"), Origin(tmp_path, "second")
-    for origin in (first, second):
-        with workspace_open(root=root, source=origin.source(), base_ref="main"):
-            pass
-    old, new = mirrors(root)
+    with workspace_open(root=root, source=first.source(), base_ref="main"):
+        pass
+    [old] = mirrors(root)
+    with workspace_open(root=root, source=second.source(), base_ref="main"):
+        pass
+    [new] = set(mirrors(root)) - {old}
     os.utime(root / "mirrors" / old, (1_000_000, 1_000_000))  # used long ago
 
     assert mirrors_evict(root=root, max_bytes=10**9) == []
