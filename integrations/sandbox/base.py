@@ -323,36 +323,35 @@ class _LiveLines:
     def feed(self, data: bytes) -> None:
         if self.on_output is None:
             return
-        self.partial += data
-        while True:
-            cut = self.partial.find(b"\n")
-            if cut < 0:
-                if len(self.partial) < LIVE_LINE_MAX_BYTES:
-                    return
-                cut = LIVE_LINE_MAX_BYTES - 1
-            line = bytes(self.partial[: cut + 1])
-            del self.partial[: cut + 1]
-            self._emit(line)
+        lines = (bytes(self.partial) + data).split(b"\n")
+        rest = lines.pop()
+        while len(rest) >= LIVE_LINE_MAX_BYTES:  # a process printing without newlines
+            lines.append(rest[:LIVE_LINE_MAX_BYTES])
+            rest = rest[LIVE_LINE_MAX_BYTES:]
+        self.partial = bytearray(rest)
+        self._emit(lines)
 
     def flush(self) -> None:
         if self.on_output is not None and self.partial:
-            self._emit(bytes(self.partial))
+            self._emit([bytes(self.partial)])
             self.partial.clear()
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
         now = time.monotonic()
         self.tokens = min(
             LIVE_LINES_PER_SECOND, self.tokens + (now - self.stamp) * LIVE_LINES_PER_SECOND
         )
         self.stamp = now
-        if self.tokens < 1 or self.sent >= LIVE_LINES_MAX:
-            if not self.announced:
-                self.announced = True
-                self.on_output(LIVE_TRUNCATED)
-            return
-        self.tokens -= 1
-        self.sent += 1
-        self.on_output(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+        allowed = max(0, min(int(self.tokens), LIVE_LINES_MAX - self.sent, len(lines)))
+        self.tokens -= allowed
+        self.sent += allowed
+        for line in lines[:allowed]:
+            self.on_output(line.decode("utf-8", errors="replace").rstrip("\r"))
+        if allowed < len(lines) and not self.announced:
+            self.announced = True
+            self.on_output(LIVE_TRUNCATED)
 
 
 class _Output:

@@ -49,7 +49,8 @@ def _count(element: ET.Element, name: str) -> int:
 def _failed_case(case: ET.Element, problem: ET.Element) -> FailedCase:
     text = (problem.text or "").strip()
     if len(text) > CASE_TEXT_MAX_CHARS:
-        text = text[: CASE_TEXT_MAX_CHARS - 15] + "\n[text truncated]"
+        marker = "\n[text truncated]"
+        text = text[: CASE_TEXT_MAX_CHARS - len(marker)] + marker
     message = (problem.get("message") or "").strip() or text.partition("\n")[0]
     return FailedCase(
         name=case.get("name", ""),
