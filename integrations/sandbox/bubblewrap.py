@@ -150,6 +150,7 @@ class BubblewrapBackend(SandboxBackend):
             if not os.access(tool, os.X_OK):
                 return False, f"{tool} is missing (util-linux)"
         with tempfile.TemporaryDirectory(prefix="topdog-sandbox-probe-") as tmp:
+            os.chmod(tmp, 0o755)  # the sandbox uid only needs to enter it
             request = SandboxRequest(command="true", worktree=Path(tmp))
             with self._prepared(request) as (argv, env, _uid):
                 try:
@@ -277,11 +278,16 @@ class BubblewrapBackend(SandboxBackend):
             argv += [bind, str(Path(request.deps_dir).resolve()), "/deps"]
         if request.artifacts_dir is not None:
             argv += ["--bind", str(Path(request.artifacts_dir).resolve()), "/artifacts"]
-        argv += ["--chdir", "/workspace", "--cap-drop", "ALL"]
-        if uid is not None:
+        argv += ["--cap-drop", "ALL"]
+        if uid is None:
+            argv += ["--chdir", "/workspace"]
+        else:
+            # bwrap, root without CAP_DAC_OVERRIDE by now, may not enter a worktree the
+            # sandbox uid owns with mode 0700: the directory is changed after setpriv.
             argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
             argv += ["--cap-add", "CAP_SETPCAP", "--", "/usr/bin/setpriv"]
             argv += [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+            argv += ["--", "/usr/bin/env", "--chdir=/workspace"]
         argv += ["--", *rlimit_argv(limits), "/bin/sh", "-c", request.command]
         return argv

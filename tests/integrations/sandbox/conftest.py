@@ -36,7 +36,7 @@ def bwrap_backend() -> BubblewrapBackend:
 @pytest.fixture
 def worktree(tmp_path: Path) -> Path:
     path = tmp_path / "worktree"
-    path.mkdir()
+    path.mkdir(mode=0o700)  # as private as a real checkout can be
     (path / "README.md").write_text("a worktree\n")
     return path
 
