@@ -25,8 +25,6 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -47,7 +45,8 @@ from ai_orchestration.providers.base import (
     provider_for,
 )
 from ai_orchestration.tokens import tokens_estimate
-from workflows.broadcast import workflow_group
+from workflows.broadcast import workflow_live_frame_send
+from workflows.check_runs import check_run_event_data, check_run_for_testing, check_runs_reap
 from workflows.errors import TransitionConflict
 from workflows.evidence import evidence_validate
 from workflows.models import Workflow
@@ -59,7 +58,8 @@ from workflows.services import (
     workflow_lock,
     workflow_phase_complete,
 )
-from workflows.states import Transition
+from workflows.states import State, Transition
+from workflows.verification import testing_evidence_from_run
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,10 @@ def autopilot_stop_for_workflow(*, workflow_id: Any) -> None:
 
 
 def autopilot_reap(*, now: Any = None) -> list[Any]:
-    """Re-queue runs whose worker died (lease expired); fail those that died too often."""
+    """Re-queue runs whose worker died (lease expired); fail those that died too often.
+    Check runs whose worker died are ended too."""
     now = now or timezone.now()
+    check_runs_reap(now=now)
     requeued = []
     expired = AIRun.objects.filter(status=AIRun.Status.RUNNING, lease_expires_at__lt=now)
     for run_id in expired.values_list("id", flat=True):
@@ -260,6 +262,15 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
         _wait_at_gate(run, workflow)
         return False
     phase, role = workflow.state, workflow.current_role
+    should_cancel = _CancelCheck(run.id, heartbeat)
+    check = None
+    if phase == State.TESTING:
+        # The auditor reviews a measured run: the change set's tests, run in the sandbox.
+        check = check_run_for_testing(workflow=workflow, actor=AUTOPILOT, should_stop=should_cancel)
+        if should_cancel():
+            if not heartbeat.lost:
+                _finish_by_id(run.id, AIRun.Status.CANCELLED, stop_reason="cancelled")
+            return False
     prompt = prompt_request_build(workflow=workflow)
     model_name = run.model_name or workflow.project.model_for(role, workflow.model_name)
     catalog = settings.TOPDOG_MODELS[model_name]
@@ -278,6 +289,7 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
             "requirements": workflow.requirements,
             "feedback": prompt.feedback,
             "workflow_id": str(workflow.id),
+            "check": check_run_event_data(check) if check is not None else None,
         },
     )
     budget_stop = _budget_exceeded(workflow, provider.name, request, prompt.estimated_input_tokens)
@@ -286,7 +298,6 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
         return False
 
     deltas = _DeltaBroadcaster(workflow, run, phase, role)
-    should_cancel = _CancelCheck(run.id, heartbeat)
     calls: list[Completion] = []
     try:
         evidence = _evidence_from_model(provider, request, deltas, should_cancel, calls)
@@ -304,6 +315,8 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
 
     final = calls[-1]
     usage = _usage_of(calls, prompt.prompt_version)
+    if phase == State.TESTING:
+        evidence = testing_evidence_from_run(evidence=evidence, run=check)
     ai_response = final.content
     if phase == "DEPLOYMENT":
         # The RELEASE_MANAGER's record is replaced by the real one: push, pull request.
@@ -562,15 +575,7 @@ def _run_frame(run: AIRun) -> None:
 
 
 def _group_send(workflow_id: Any, frame: dict) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            workflow_group(workflow_id), {"type": "ai.frame", "frame": frame}
-        )
-    except Exception:  # live frames are best-effort; the database is the record
-        logger.exception("could not send a live autopilot frame")
+    workflow_live_frame_send(workflow_id=workflow_id, frame=frame)
 
 
 class _DeltaBroadcaster:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from ai_orchestration.repository_context import repository_context_text
+from ai_orchestration.review_context import review_context_text
 from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
 from workflows.evidence import evidence_example_text
 from workflows.models import Handoff, Message, RoleContext, Workflow
@@ -72,6 +73,11 @@ def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = Non
     )
     if repository_message is not None:
         used += _cost(repository_message)
+    # Auditors judge the actual code and the measured run (half of what is left).
+    review = review_context_text(workflow=workflow, role=role, budget_tokens=(budget - used) // 2)
+    review_message = {"role": "user", "content": review} if review else None
+    if review_message is not None:
+        used += _cost(review_message)
 
     earlier = _handoff_summary(handoffs[:-1])
     summary = {"role": "user", "content": earlier} if earlier else None
@@ -84,6 +90,7 @@ def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = Non
     messages = [
         system,
         *([repository_message] if repository_message else []),
+        *([review_message] if review_message else []),
         *([summary] if summary else []),
         *kept,
         instruction,

@@ -16,6 +16,12 @@ def _fast_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _sandbox_off(settings):
+    """Tests run no sandbox unless they ask for one (tests/workflows/checks/ do)."""
+    settings.TOPDOG_SANDBOX = "off"
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Throttle counters live in the cache; every test starts with none."""
     cache.clear()

@@ -303,6 +303,7 @@ TOPDOG_PROVIDERS = {
     "offline": {
         "class": "ai_orchestration.providers.offline.OfflineProvider",
         "delay_ms": env_int("TOPDOG_OFFLINE_DELAY_MS", 0),
+        "fail_first": env_bool("TOPDOG_OFFLINE_FAIL_FIRST", False),
     },
 }
 # One overall deadline per model call, across all its retries.
@@ -350,3 +351,25 @@ TOPDOG_GIT_REMOTE_HOSTS = env_list(
 TOPDOG_GIT_ALLOW_LOCAL_REMOTES = env_bool("TOPDOG_GIT_ALLOW_LOCAL_REMOTES", False)
 TOPDOG_GIT_AUTHOR_NAME = env_str("TOPDOG_GIT_AUTHOR_NAME", "TopDog")
 TOPDOG_GIT_AUTHOR_EMAIL = env_str("TOPDOG_GIT_AUTHOR_EMAIL", "topdog@localhost")
+
+# --- Sandboxed checks -------------------------------------------------------------------
+# Where each change set is applied and its tests run. "auto": bubblewrap where `bwrap`
+# works on this machine, else off. "subprocess" (no isolation) only when asked for.
+TOPDOG_SANDBOX = env_str("TOPDOG_SANDBOX", "auto")
+TOPDOG_SANDBOX_BACKENDS = {
+    "bubblewrap": "integrations.sandbox.bubblewrap.BubblewrapBackend",
+    "subprocess": "integrations.sandbox.local.SubprocessBackend",
+    "off": "integrations.sandbox.off.OffBackend",
+}
+TOPDOG_WORKSPACE_DIR = Path(env_str("TOPDOG_WORKSPACE_DIR") or str(VAR_DIR / "workspaces"))
+TOPDOG_WORKSPACE_MAX_MB = env_int("TOPDOG_WORKSPACE_MAX_MB", 2048)
+TOPDOG_SANDBOX_LIMITS = {
+    "wall_seconds": env_int("TOPDOG_SANDBOX_WALL_SECONDS", 300),
+    "cpu_seconds": env_int("TOPDOG_SANDBOX_CPU_SECONDS", 600),
+    "memory_bytes": env_int("TOPDOG_SANDBOX_MEMORY_MB", 2048) * 1024 * 1024,
+    "processes": env_int("TOPDOG_SANDBOX_PROCESSES", 256),
+    "write_bytes": env_int("TOPDOG_SANDBOX_WRITE_MB", 1024) * 1024 * 1024,
+    "output_bytes": env_int("TOPDOG_SANDBOX_OUTPUT_KB", 256) * 1024,
+}
+# The setup step installs dependencies, so it may reach the network; the test step never.
+TOPDOG_SANDBOX_SETUP_NETWORK = env_bool("TOPDOG_SANDBOX_SETUP_NETWORK", True)

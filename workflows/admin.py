@@ -28,6 +28,7 @@ from django_fsm import ConcurrentTransition
 from workflows.errors import ActionForbidden, TransitionConflict, WorkflowNotFound
 from workflows.models import (
     ApiToken,
+    CheckRun,
     Handoff,
     Membership,
     Message,
@@ -36,6 +37,7 @@ from workflows.models import (
     Workflow,
     WorkflowEvent,
 )
+from workflows.selectors import workflow_testing_result
 from workflows.services import (
     Actor,
     TransitionOutcome,
@@ -47,6 +49,7 @@ from workflows.services import (
     workflow_reject,
 )
 from workflows.states import PHASES, REGRESSION_TARGETS, State, Transition
+from workflows.verification import tests_verification_note
 
 admin.site.site_header = "TopDog audit"
 admin.site.site_title = "TopDog audit"
@@ -230,6 +233,34 @@ class PhaseResultInline(_AuditInline):
         return obj.content_hash[:12]
 
 
+class CheckRunInline(_AuditInline):
+    model = CheckRun
+    ordering = ("created_at", "id")
+    fields = readonly_fields = (
+        "kind",
+        "attempt",
+        "status",
+        "backend",
+        "isolated",
+        "command",
+        "figures",
+        "reason",
+        "output_text",
+        "duration_ms",
+        "created_at",
+    )
+
+    @admin.display(description="tests run / failed / errors / skipped")
+    def figures(self, obj: CheckRun) -> str:
+        if obj.tests_run is None:
+            return "—"
+        return f"{obj.tests_run} / {obj.tests_failed} / {obj.tests_errors} / {obj.tests_skipped}"
+
+    @admin.display(description="output (tail)")
+    def output_text(self, obj: CheckRun) -> str:
+        return _folded(obj.output, f"{len(obj.output)} characters") if obj.output else "—"
+
+
 # --- transitions from the admin --------------------------------------------------------
 
 
@@ -371,7 +402,13 @@ class WorkflowAdmin(admin.ModelAdmin):
     search_fields = ("title", "build_id")
     search_help_text = "Title, build id, or a workflow id (the full UUID)."
     actions = None
-    inlines = (HandoffInline, WorkflowEventInline, MessageInline, PhaseResultInline)
+    inlines = (
+        HandoffInline,
+        WorkflowEventInline,
+        MessageInline,
+        PhaseResultInline,
+        CheckRunInline,
+    )
     change_form_template = "admin/workflows/workflow/change_form.html"
     transition_form_template = "admin/workflows/workflow/transition_form.html"
     fieldsets = (
@@ -402,6 +439,7 @@ class WorkflowAdmin(admin.ModelAdmin):
                     "terminal_reason",
                     "last_event_seq",
                     "last_message_seq",
+                    "tests_verified",
                 )
             },
         ),
@@ -415,6 +453,11 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("project", "created_by")
+
+    @admin.display(description="tests")
+    def tests_verified(self, obj: Workflow) -> str:
+        report = workflow_testing_result(workflow=obj)
+        return tests_verification_note(report) or "TESTING has not completed yet."
 
     @admin.display(description="by role and phase")
     def usage_breakdown(self, obj: Workflow) -> str:
@@ -766,6 +809,9 @@ class ProjectAdminForm(forms.ModelForm):
             "budget_usd",
             "role_models",
             "git_remote_url",
+            "test_command",
+            "setup_command",
+            "sandbox_env",
             *SECRET_FIELDS,
         )
         widgets = {

@@ -113,3 +113,16 @@ async def _send_all(layer: Any, events: list[Any]) -> None:
         project_group(workflow.project_id),
         {"type": "dashboard.events", "frames": frames, "summary": workflow_summary(workflow)},
     )
+
+
+def workflow_live_frame_send(*, workflow_id: Any, frame: dict) -> None:
+    """Send a frame that is not persisted (`ai.delta`, `ai.run`, `check.output`) to the
+    workflow's websocket clients. Best-effort: the database is the record."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": "live.frame", "frame": frame}
+    try:
+        async_to_sync(layer.group_send)(workflow_group(workflow_id), message)
+    except Exception:
+        logger.exception("could not send a live %s frame", frame.get("type"))

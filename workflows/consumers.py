@@ -103,8 +103,8 @@ class WorkflowConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(frame)
                 self.last_seq = frame["seq"]
 
-    async def ai_frame(self, message: dict) -> None:
-        """A live autopilot frame (`ai.delta`, `ai.run`): not persisted, no seq."""
+    async def live_frame(self, message: dict) -> None:
+        """A live frame (`ai.delta`, `ai.run`, `check.output`): not persisted, no seq."""
         await self.send_json(message["frame"])
 
     async def _catch_up(self, *, up_to: int | None) -> bool:

@@ -24,3 +24,11 @@ class TransitionConflict(Exception):
         super().__init__(message)
         self.current_state = current_state
         self.allowed = allowed
+
+
+class RepositoryUnavailable(Exception):
+    """The project's repository could not be read; the caller may retry or fix its settings."""
+
+
+class CheckUnavailable(Exception):
+    """A check cannot run: the sandbox is off, or there is nothing to check yet."""

@@ -330,7 +330,11 @@ EVIDENCE_EXAMPLES: dict[str, dict] = {
     State.IMPLEMENTATION: {
         "commit_message": "feat: ...",
         "files": [
-            {"path": "src/app.py", "action": "modify", "content": "<full new file content>"},
+            {
+                "path": "src/app.py",
+                "action": "modify",
+                "content": "def main() -> None:\n    \"\"\"The full new content of the file.\"\"\"\n",
+            },
             {"path": "old.py", "action": "delete"},
         ],
     },

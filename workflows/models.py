@@ -1,6 +1,7 @@
 """Workflow data. Transition methods only change fields; services do everything else."""
 
 import hashlib
+import re
 import secrets
 import uuid
 from typing import Any
@@ -79,6 +80,24 @@ class Project(models.Model):
     git_remote_token = EncryptedTextField(
         blank=True, help_text="Password or token for the git remote, if it needs one."
     )
+    test_command = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Runs the repository's tests in the sandbox; empty: detected from the tree "
+        "(python -m pytest -q, or npm test).",
+    )
+    setup_command = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Installs dependencies before the tests (into /deps, cached by the hash of "
+        "the dependency files); empty: no setup step.",
+    )
+    sandbox_env = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Non-secret variables for the sandbox, e.g. {"DJANGO_SETTINGS_MODULE": '
+        '"app.settings"}. Names that look secret are refused.',
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -107,6 +126,9 @@ class Project(models.Model):
             raise ValidationError(
                 {"role_models": f"unknown models {bad_models}; choose from {sorted(models_known)}"}
             )
+        problem = sandbox_env_problem(self.sandbox_env)
+        if problem:
+            raise ValidationError({"sandbox_env": problem})
 
     SECRET_FIELDS = ("openai_api_key", "anthropic_api_key", "github_token", "git_remote_token")
 
@@ -121,6 +143,34 @@ class Project(models.Model):
 
     def has_gate(self, phase: str) -> bool:
         return phase in (self.approval_gates or [])
+
+
+SECRET_LOOKING_NAME = re.compile(
+    r"(_TOKEN|_KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL)|^(DATABASE_URL|REDIS_URL|CACHE_URL)$",
+    re.IGNORECASE,
+)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def sandbox_env_problem(env: object) -> str:
+    """Why `env` cannot be a project's sandbox environment, or "" when it can."""
+    if not isinstance(env, dict):
+        return "must be an object of NAME: value strings"
+    if len(env) > 100:
+        return "at most 100 variables"
+    for name, value in env.items():
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+            return (
+                f"{name!r} is not a variable name (letters, digits, _; not starting with a digit)"
+            )
+        if SECRET_LOOKING_NAME.search(name):
+            return (
+                f"{name} looks like a secret; the sandbox never receives secrets "
+                "(tests run without tokens, keys or database URLs)"
+            )
+        if not isinstance(value, str) or len(value) > 4000 or "\x00" in value:
+            return f"{name}: the value must be a string of at most 4000 characters without NUL"
+    return ""
 
 
 class Membership(models.Model):
@@ -205,6 +255,8 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
     regression_count = models.PositiveSmallIntegerField(default=0)
     regression_limit = models.PositiveSmallIntegerField(default=3)
     terminal_reason = models.TextField(blank=True)
+    # Whether the latest TESTING report is bound to a sandboxed test run (None: no report).
+    tests_verified = models.BooleanField(null=True, blank=True)
 
     last_event_seq = models.PositiveIntegerField(default=0)
     last_message_seq = models.PositiveIntegerField(default=0)
@@ -267,6 +319,7 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
         "awaiting_approval",
         "regression_count",
         "terminal_reason",
+        "tests_verified",
         "last_event_seq",
         "last_message_seq",
         "phase_attempts",
@@ -532,3 +585,91 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class CheckRun(models.Model):
+    """One check of a change set: its static checks, the setup step or the test run.
+
+    The test kind runs the repository's tests on the change set of one IMPLEMENTATION
+    attempt (`phase_result`) in a sandbox; TESTING evidence for that attempt is bound to
+    the figures measured here."""
+
+    class Kind(models.TextChoices):
+        SYNTAX = "syntax"
+        SETUP = "setup"
+        TEST = "test"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        PASSED = "passed"
+        FAILED = "failed"
+        ERROR = "error"
+        TIMEOUT = "timeout"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="check_runs")
+    phase_result = models.ForeignKey(
+        PhaseResult,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="check_runs",
+        help_text="The IMPLEMENTATION attempt whose change set was checked.",
+    )
+    attempt = models.PositiveSmallIntegerField(help_text="IMPLEMENTATION attempt number.")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    backend = models.CharField(max_length=40, blank=True)
+    isolated = models.BooleanField(default=False)
+    command = models.CharField(max_length=1000, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    reason = models.TextField(blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    tests_run = models.PositiveIntegerField(null=True, blank=True)
+    tests_failed = models.PositiveIntegerField(null=True, blank=True)
+    tests_errors = models.PositiveIntegerField(null=True, blank=True)
+    tests_skipped = models.PositiveIntegerField(null=True, blank=True)
+    failures = models.JSONField(
+        default=list, blank=True, help_text="Failing tests (name, file, message, output)."
+    )
+    details = models.JSONField(
+        default=dict, blank=True, help_text="Kind-specific: files checked and skipped, cache."
+    )
+    diff = models.TextField(blank=True, help_text="The change set as a diff against the base.")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    output = models.TextField(blank=True, help_text="Tail of the output, secrets scrubbed.")
+    output_truncated = models.BooleanField(default=False)
+    log_sha256 = models.CharField(max_length=64, blank=True)
+    junit_sha256 = models.CharField(max_length=64, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    requested_by = models.CharField(max_length=150, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["workflow", "-created_at"], name="checkrun_workflow_recent"),
+        ]
+        constraints = [
+            # At most one queued or running test run per workflow: a second request is a 409.
+            models.UniqueConstraint(
+                fields=["workflow"],
+                condition=models.Q(kind="test", status__in=["queued", "running"]),
+                name="checkrun_one_active_test",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} check of attempt {self.attempt} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

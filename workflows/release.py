@@ -44,6 +44,7 @@ from workflows.services import (
     workflow_phase_complete,
 )
 from workflows.states import EventType, State, Transition
+from workflows.verification import tests_verification_note
 
 
 class ReleaseFailed(Exception):
@@ -229,4 +230,6 @@ def _pull_request_body(workflow: Workflow, sources: _Sources) -> str:
         result = sources.evidence.get(phase)
         if result is not None:
             lines += [f"### {title}", evidence_summary(phase=phase, result=result), ""]
+            if phase == State.TESTING:
+                lines += [f"**{tests_verification_note(result)}**", ""]
     return "\n".join(lines)

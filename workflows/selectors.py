@@ -10,6 +10,7 @@ from topdog.compiled import CompiledQuery, Param
 from workflows.broadcast import event_frame, workflow_summary
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
+    CheckRun,
     Handoff,
     Membership,
     Message,
@@ -150,3 +151,19 @@ def dashboard_snapshot(*, user: AbstractBaseUser) -> tuple[list[Any], list[dict]
         .order_by("-created_at", "-id")[:DASHBOARD_SNAPSHOT_SIZE]
     )
     return project_ids, [workflow_summary(workflow) for workflow in workflows]
+
+
+def workflow_check_runs(*, workflow: Workflow) -> QuerySet[CheckRun]:
+    """The workflow's check runs, newest first."""
+    return CheckRun.objects.filter(workflow=workflow).order_by("-created_at", "-id")
+
+
+def workflow_testing_result(*, workflow: Workflow) -> dict | None:
+    """The accepted TESTING evidence of the workflow's latest attempt, if any."""
+    found = (
+        PhaseResult.objects.filter(workflow=workflow, phase=State.TESTING, status="accepted")
+        .order_by("-attempt")
+        .values_list("result", flat=True)
+        .first()
+    )
+    return found

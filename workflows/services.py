@@ -69,6 +69,7 @@ from workflows.states import (
     State,
     Transition,
 )
+from workflows.verification import evidence_verify, syntax_check_row
 
 
 @dataclass(frozen=True)
@@ -444,6 +445,11 @@ def workflow_phase_complete(
         transition_check(workflow, member_role, Transition.COMPLETE)
         phase, role = workflow.state, workflow.current_role
         evidence = evidence_validate(phase=phase, data=result)
+        evidence, change_set_checked = evidence_verify(
+            workflow=workflow, phase=phase, evidence=evidence
+        )
+        if phase == State.TESTING:
+            workflow.tests_verified = evidence["verified"]
 
         regress_to, feedback = _regression_asked(
             phase, evidence, workflow.project.quality_threshold
@@ -548,6 +554,13 @@ def workflow_phase_complete(
             role_entered=workflow.state != phase,
             new_rows=[phase_result, message],
         )
+        if change_set_checked is not None:
+            syntax_check_row(
+                workflow=workflow,
+                phase_result=phase_result,
+                verdict=change_set_checked,
+                actor_name=actor.name,
+            ).save()
     return TransitionOutcome(workflow, phase, handoff, phase_result)
 
 

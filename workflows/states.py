@@ -114,6 +114,8 @@ class EventType(models.TextChoices):
     TRANSITIONED = "workflow.transitioned"
     MESSAGE_CREATED = "message.created"
     RELEASE_FAILED = "release.failed"
+    CHECK_STARTED = "check.started"
+    CHECK_FINISHED = "check.finished"
 
 
 class Sender(models.TextChoices):

@@ -23,15 +23,19 @@ from ai_orchestration.providers.base import (
 from ai_orchestration.tokens import tokens_estimate
 
 CHUNK_CHARS = 64
+FAIL_FIRST_PHRASE = "[fail first]"
 
 
 class OfflineProvider(Provider):
     name = "offline"
 
-    def __init__(self, *, delay_ms: int = 0, **kwargs: object) -> None:
+    def __init__(self, *, delay_ms: int = 0, fail_first: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)
         # A pause between streamed chunks, to make runs observable (tests, demos).
         self.delay_ms = delay_ms
+        # The first IMPLEMENTATION attempt ships a bug its own test catches (demos of the
+        # failure -> regression -> green loop); "[fail first]" in a request does the same.
+        self.fail_first = fail_first
 
     def stream(
         self,
@@ -45,7 +49,7 @@ class OfflineProvider(Provider):
         builder = _BUILDERS.get(phase)
         if builder is None:
             raise ProviderError(f"offline provider has no answer for phase {phase!r}")
-        evidence = builder(_Facts(request.metadata))
+        evidence = builder(_Facts(request.metadata, fail_first=self.fail_first))
         text = json.dumps(evidence, indent=2)
         for start in range(0, len(text), CHUNK_CHARS):
             if should_cancel():
@@ -65,7 +69,7 @@ class OfflineProvider(Provider):
 class _Facts:
     """What the offline answers are made of: the request, its sentences, a slug."""
 
-    def __init__(self, metadata: dict) -> None:
+    def __init__(self, metadata: dict, *, fail_first: bool = False) -> None:
         requirements = metadata.get("requirements") or {}
         self.description = str(requirements.get("description") or "the requested change").strip()
         self.title = self.description.splitlines()[0][:80]
@@ -77,6 +81,8 @@ class _Facts:
         self.feedback = str(metadata.get("feedback") or "").strip()
         self.workflow_id = str(metadata.get("workflow_id") or "")
         self.digest = hashlib.sha256(self.description.encode()).hexdigest()[:10]
+        self.fail_first = fail_first or FAIL_FIRST_PHRASE in self.description.lower()
+        self.check = metadata.get("check") or None
 
 
 def _discovery(facts: _Facts) -> dict:
@@ -124,12 +130,19 @@ def _planning(facts: _Facts) -> dict:
 
 def _implementation(facts: _Facts) -> dict:
     checks = "\n".join(f"    # {s}" for s in facts.sentences)
+    # A first attempt with the demo bug inverts the switch; feedback fixes it.
+    buggy = facts.fail_first and not facts.feedback
+    value = (
+        f'not settings.get("{facts.slug}", True)'
+        if buggy
+        else f'settings.get("{facts.slug}", True)'
+    )
     module = (
         f'"""{facts.title}."""\n\n\n'
         f"def {facts.slug}_enabled(settings: dict) -> bool:\n"
         f'    """Whether {facts.title.lower()} is switched on in `settings`."""\n'
         f"{checks}\n"
-        f'    return bool(settings.get("{facts.slug}", True))\n'
+        f"    return bool({value})\n"
     )
     test = (
         f"from src.{facts.slug} import {facts.slug}_enabled\n\n\n"
@@ -150,7 +163,21 @@ def _implementation(facts: _Facts) -> dict:
 
 
 def _testing(facts: _Facts) -> dict:
-    return {
+    """Reviews the measured run when there is one; claims no figures when there is not."""
+    check = facts.check
+    if check is not None and check.get("status") in ("failed", "timeout"):
+        return {
+            "verdict": "fail",
+            "findings": [
+                {
+                    "severity": "major",
+                    "message": f"The test run {check['status']}: {check.get('tests_failed')} "
+                    f"of {check.get('tests_run')} tests failed. {check.get('reason') or ''}",
+                }
+            ],
+            "quality_score": 0.3,
+        }
+    report = {
         "verdict": "pass",
         "findings": [
             {
@@ -160,9 +187,11 @@ def _testing(facts: _Facts) -> dict:
             }
         ],
         "quality_score": 0.9,
-        "tests_run": 2,
-        "tests_failed": 0,
     }
+    if check is not None and check.get("tests_run") is not None:
+        report["tests_run"] = check["tests_run"]
+        report["tests_failed"] = check["tests_failed"]
+    return report
 
 
 def _verification(facts: _Facts) -> dict:

@@ -72,6 +72,9 @@ class ProjectOutputSerializer(serializers.Serializer):
     quality_threshold = serializers.FloatField()
     budget_usd = serializers.DecimalField(max_digits=12, decimal_places=4, allow_null=True)
     role_models = serializers.DictField(child=serializers.CharField())
+    test_command = serializers.CharField()
+    setup_command = serializers.CharField()
+    sandbox_env = serializers.DictField(child=serializers.CharField())
     secrets = serializers.SerializerMethodField(
         help_text="Which secrets are stored (never their values)."
     )
@@ -103,6 +106,11 @@ class WorkflowDetailSerializer(WorkflowSummarySerializer):
     completed_phases = serializers.ListField(child=serializers.CharField())
     regression_limit = serializers.IntegerField()
     terminal_reason = serializers.CharField()
+    tests_verified = serializers.BooleanField(
+        allow_null=True,
+        help_text="Whether the latest TESTING report is bound to a test run TopDog made in "
+        "its sandbox (false: the figures are the auditor's claim; null: no report yet).",
+    )
     last_event_seq = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

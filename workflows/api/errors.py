@@ -16,7 +16,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from workflows.errors import (
     ActionForbidden,
+    CheckUnavailable,
     ProjectNotFound,
+    RepositoryUnavailable,
     TransitionConflict,
     WorkflowNotFound,
 )
@@ -55,6 +57,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     if isinstance(exc, ReleaseFailed):
         return Response({"detail": f"the release failed: {exc}"}, status=502)
+    if isinstance(exc, RepositoryUnavailable):
+        return Response({"detail": str(exc)}, status=502)
+    if isinstance(exc, CheckUnavailable):
+        return Response({"detail": str(exc)}, status=409)
     if isinstance(exc, ActionForbidden):
         return Response({"detail": str(exc)}, status=403)
     if isinstance(exc, RequestDataTooBig):

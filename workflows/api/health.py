@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows.api.base import ApiView
+from workflows.verification import sandbox_health
 
 
 def _check(fn) -> dict:
@@ -73,7 +74,10 @@ class HealthApi(ApiView):
             "database": _check(_database),
             "channel_layer": _check(_channel_layer),
             "task_backend": _check(_task_backend),
+            "sandbox": _check(sandbox_health),
         }
+        # A sandbox that is off is a choice; a configured one that cannot run is not.
+        checks["sandbox"]["ok"] = checks["sandbox"]["ok"] and checks["sandbox"].pop("healthy")
         healthy = all(check["ok"] for check in checks.values())
         body = {
             "status": "ok" if healthy else "degraded",

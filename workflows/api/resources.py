@@ -27,7 +27,7 @@ from workflows.api.base import (
 from workflows.api.filters import WorkflowFilter
 from workflows.api.ide import RequirementsField
 from workflows.errors import ActionForbidden, WorkflowNotFound
-from workflows.models import Membership, Project
+from workflows.models import Membership, Project, sandbox_env_problem
 from workflows.release import workflow_release
 from workflows.services import (
     Actor,
@@ -80,6 +80,24 @@ class ProjectInputSerializer(serializers.Serializer):
     role_models = serializers.DictField(
         child=serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS)), required=False
     )
+    test_command = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        help_text="Runs the tests in the sandbox; empty: detected (python -m pytest -q, npm test).",
+    )
+    setup_command = serializers.CharField(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        help_text="Installs dependencies into /deps before the tests; cached by the hash of the "
+        "dependency files.",
+    )
+    sandbox_env = serializers.DictField(
+        child=serializers.CharField(max_length=4000, allow_blank=True),
+        required=False,
+        help_text="Non-secret variables for the sandbox; secret-looking names are refused.",
+    )
     openai_api_key = _secret_field("Overrides OPENAI_API_KEY for this project.")
     anthropic_api_key = _secret_field("Overrides ANTHROPIC_API_KEY for this project.")
     github_token = _secret_field("Needs contents:write and pull_requests:write.")
@@ -105,6 +123,12 @@ class ProjectInputSerializer(serializers.Serializer):
             )
         except UnsafeRepositoryReference as exc:
             raise serializers.ValidationError(str(exc)) from None
+
+    def validate_sandbox_env(self, value: dict) -> dict:
+        problem = sandbox_env_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
 
     def validate_role_models(self, value: dict) -> dict:
         unknown = sorted(set(value) - set(Role.values))

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from ai_orchestration import api as autopilot_api
-from workflows.api import health, ide, resources
+from workflows.api import checks, health, ide, resources
 
 app_name = "api"
 
@@ -80,6 +80,21 @@ urlpatterns = [
         "workflows/<str:workflow_id>/patch/",
         resources.WorkflowPatchApi.as_view(),
         name="workflow-patch",
+    ),
+    path(
+        "workflows/<str:workflow_id>/checks/",
+        checks.WorkflowCheckListApi.as_view(),
+        name="workflow-checks",
+    ),
+    path(
+        "workflows/<str:workflow_id>/checks/<str:check_id>/",
+        checks.WorkflowCheckDetailApi.as_view(),
+        name="workflow-check-detail",
+    ),
+    path(
+        "workflows/<str:workflow_id>/checks/<str:check_id>/cancel/",
+        checks.WorkflowCheckCancelApi.as_view(),
+        name="workflow-check-cancel",
     ),
     path("health/", health.HealthApi.as_view(), name="health"),
 ]

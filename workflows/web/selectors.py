@@ -7,6 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from workflows import selectors
 from workflows.models import (
+    CheckRun,
     Handoff,
     Message,
     PhaseResult,
@@ -26,13 +27,14 @@ class WorkflowRecord:
     messages: list[Message]
     phase_results: list[PhaseResult]
     role_contexts: list[RoleContext]
+    check_runs: list[CheckRun]
 
 
 def workflow_record_get(*, user: AbstractBaseUser, workflow_id: Any) -> WorkflowRecord:
     """One workflow the user may see with its full audit trail; WorkflowNotFound otherwise.
 
-    Six queries whatever the length of the history: the workflow, then one each for
-    events, handoffs, messages, phase results and role contexts.
+    Seven queries whatever the length of the history: the workflow, then one each for
+    events, handoffs, messages, phase results, role contexts and check runs.
     """
     workflow = selectors.workflow_get_for_user(user=user, workflow_id=workflow_id)
     return WorkflowRecord(
@@ -42,4 +44,5 @@ def workflow_record_get(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow
         messages=list(selectors.workflow_messages(workflow=workflow)),
         phase_results=list(selectors.workflow_phase_results(workflow=workflow)),
         role_contexts=list(RoleContext.objects.filter(workflow=workflow).order_by("created_at")),
+        check_runs=list(selectors.workflow_check_runs(workflow=workflow).defer("diff")),
     )

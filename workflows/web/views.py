@@ -17,7 +17,8 @@ from django.views.decorators.http import require_GET
 from workflows import selectors
 from workflows.errors import WorkflowNotFound
 from workflows.models import Handoff, Message, PhaseResult, RoleContext, WorkflowEvent
-from workflows.states import PHASE_ROLE, PHASES, EventType, HandoffKind, Role
+from workflows.states import PHASE_ROLE, PHASES, EventType, HandoffKind, Role, State
+from workflows.verification import tests_verification_note
 from workflows.web.selectors import WorkflowRecord, workflow_record_get
 
 DONE_COLUMN = "DONE"
@@ -142,9 +143,16 @@ def _workflow_page(record: WorkflowRecord) -> dict:
             "handoffs": len(record.handoffs),
         },
         "usage_rows": _usage_rows(record),
+        "check_runs": record.check_runs,
+        "tests_note": tests_verification_note(_latest_result(record, State.TESTING)),
         "last_seq": workflow.last_event_seq,
         "board_url": reverse("dashboard:board"),
     }
+
+
+def _latest_result(record: WorkflowRecord, phase: str) -> dict | None:
+    accepted = [r for r in record.phase_results if r.phase == phase and r.status == "accepted"]
+    return accepted[-1].result if accepted else None
 
 
 def _usage_rows(record: WorkflowRecord) -> list[dict]:
@@ -203,6 +211,19 @@ def _timeline_entry(event: WorkflowEvent, handoff: Handoff | None) -> TimelineEn
         roles = f"{label(data.get('from_role'))} → {label(data.get('to_role'))}"
         return TimelineEntry(
             event, titles.get(kind, f"{source} → {target}"), kind or "neutral", handoff, roles
+        )
+    if event.type in (EventType.CHECK_STARTED, EventType.CHECK_FINISHED):
+        kind = data.get("kind", "test")
+        if event.type == EventType.CHECK_STARTED:
+            return TimelineEntry(event, f"{kind.title()} run started", "neutral")
+        figures = (
+            f"{data.get('tests_run')} run, {data.get('tests_failed')} failed"
+            if data.get("tests_run") is not None
+            else data.get("reason", "")
+        )
+        tone = "forward" if data.get("status") == "passed" else "regression"
+        return TimelineEntry(
+            event, f"{kind.title()} run {data.get('status')}", tone, detail=figures
         )
     if event.type == EventType.MESSAGE_CREATED:
         return TimelineEntry(event, f"Message from {label(data.get('role'))}", "neutral")

@@ -11,7 +11,15 @@ from django.utils import timezone
 
 from ai_orchestration.models import PromptTemplate
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, evidence, workflow_for
-from workflows.models import ApiToken, Handoff, Membership, Message, PhaseResult, WorkflowEvent
+from workflows.models import (
+    ApiToken,
+    CheckRun,
+    Handoff,
+    Membership,
+    Message,
+    PhaseResult,
+    WorkflowEvent,
+)
 from workflows.services import Actor, workflow_phase_complete
 from workflows.states import HandoffKind, MemberRole, Role, State
 
@@ -105,8 +113,9 @@ def test_change_page_shows_the_trail_inlines_in_order(admin_client, workflow, us
         WorkflowEvent,
         Message,
         PhaseResult,
+        CheckRun,
     ]
-    handoffs, events, messages_, results = (
+    handoffs, events, messages_, results, checks = (
         [form.instance for form in inline.formset.forms] for inline in inlines
     )
     assert [h.event_seq for h in handoffs] == [3, 5]

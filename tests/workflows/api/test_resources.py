@@ -136,6 +136,7 @@ def test_health_reports_each_dependency(client, db):
     assert body["llm_providers"]["offline"] is True
     assert body["task_backend"]["backend"] == "DatabaseBackend"
     assert body["task_backend"]["queued"] == 0
+    assert body["sandbox"] == {**body["sandbox"], "ok": True, "backend": "off", "works": False}
 
 
 def test_openapi_schema_and_docs_are_served(client, db):

@@ -187,6 +187,20 @@
     streamText.textContent = "";
   }
 
+  // --- sandbox output box -------------------------------------------------------------------
+  var checkStream = document.getElementById("check-stream");
+  var checkText = document.getElementById("check-stream-text");
+  var CHECK_TEXT_MAX = 64 * 1024;
+
+  function onCheckOutput(frame) {
+    var lines = frame.lines || [];
+    if (!lines.length) return;
+    checkStream.hidden = false;
+    var text = checkText.textContent + lines.join("\n") + "\n";
+    checkText.textContent = text.length > CHECK_TEXT_MAX ? text.slice(-CHECK_TEXT_MAX) : text;
+    checkText.scrollTop = checkText.scrollHeight;
+  }
+
   // --- the socket ------------------------------------------------------------------------
   Live.connect({
     path: function () {
@@ -203,6 +217,8 @@
         if (frame.last_seq > renderedSeq) scheduleRefresh();
       } else if (frame.type === "ai.delta") {
         onDelta(frame);
+      } else if (frame.type === "check.output") {
+        onCheckOutput(frame);
       } else if (frame.type === "resync") {
         window.location.reload();
       }
