@@ -25,8 +25,6 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -47,7 +45,7 @@ from ai_orchestration.providers.base import (
     provider_for,
 )
 from ai_orchestration.tokens import tokens_estimate
-from workflows.broadcast import workflow_group
+from workflows.broadcast import group_send, workflow_group
 from workflows.errors import TransitionConflict
 from workflows.evidence import evidence_validate
 from workflows.models import Workflow
@@ -562,15 +560,8 @@ def _run_frame(run: AIRun) -> None:
 
 
 def _group_send(workflow_id: Any, frame: dict) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            workflow_group(workflow_id), {"type": "ai.frame", "frame": frame}
-        )
-    except Exception:  # live frames are best-effort; the database is the record
-        logger.exception("could not send a live autopilot frame")
+    # Live frames are best-effort (failures are logged); the database is the record.
+    group_send(workflow_group(workflow_id), {"type": "ai.frame", "frame": frame})
 
 
 class _DeltaBroadcaster:
