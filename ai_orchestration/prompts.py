@@ -5,11 +5,10 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from ai_orchestration.default_prompts import DEFAULT_PROMPTS
 from ai_orchestration.models import PromptTemplate
-from topdog.compiled import CompiledQuery
 from workflows.evidence import evidence_example_text
 
 if TYPE_CHECKING:
@@ -18,11 +17,10 @@ if TYPE_CHECKING:
     from workflows.models import Workflow
 
 
-# Every role's active template (at most one each): a transition reads them with its lock.
-# Only what rendering and recording a role context read of them.
-PROMPT_TEMPLATES_ACTIVE = CompiledQuery(
-    lambda: PromptTemplate.objects.filter(active=True).only("role", "body", "sha256")
-)
+def prompt_templates_active() -> QuerySet[PromptTemplate]:
+    """Every role's active template (at most one each), as a transition reads them with
+    its lock: only what rendering and recording a role context read of them."""
+    return PromptTemplate.objects.filter(active=True).only("role", "body", "sha256")
 
 
 def prompt_template_active(*, role: str) -> PromptTemplate:

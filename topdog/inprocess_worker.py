@@ -1,85 +1,90 @@
-"""The embedded default's task worker: inside the ASGI server's event loop.
+"""The embedded default's task worker: `manage.py db_worker` inside the serve process.
 
 With the in-memory channel layer, live frames only reach websocket clients of the
 process that sends them. So on the embedded default `manage.py serve` runs the task
-queue here, in the server's own event loop (each task in a worker thread, as Django
-runs sync views), instead of in a `db_worker` child process. With Redis, separate
-`db_worker` processes are used instead.
+worker in its own process; with Redis, separate `db_worker` processes are used instead.
+
+The worker is django_tasks_db's documented `db_worker` command, run with
+`call_command`. It installs its SIGINT and SIGTERM handlers when it starts, and Python
+lets only the main thread install signal handlers, so `worker_run` must be called on
+the main thread (serve runs daphne in a thread beside it). Its documented shutdown then
+applies: the first signal lets the running task finish and stops the worker, a second
+one stops it at once. Frames its tasks send reach the server's event loop through
+`workflows.broadcast`. Meanwhile a thread re-queues autopilot runs whose worker died,
+as `manage.py autopilot_watchdog` does beside separate workers.
 """
 
-import asyncio
-import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-from django.db.utils import OperationalError
-from django_tasks_db.management.commands.db_worker import Worker
-from django_tasks_db.models import DBTaskResult
-from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
+from django.core.management import call_command
+from django.db import close_old_connections, connection
 
 from ai_orchestration.autopilot import autopilot_reap
 
 logger = logging.getLogger(__name__)
 
+# The signals db_worker takes over while it runs (and that are put back after).
+_WORKER_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGQUIT") if hasattr(signal, name)
+)
 
-class InProcessWorker:
-    def __init__(self, *, interval: float = 0.25, reap_every: float = 5.0) -> None:
-        self.interval = interval
-        self.reap_every = reap_every
-        self.worker_id = f"inprocess-{socket.gethostname()}-{os.getpid()}"[:64]
-        self._worker = Worker(
-            queue_names=["default"],
-            interval=interval,
-            batch=False,
-            backend_name="default",
-            startup_delay=False,
-            max_tasks=None,
-            worker_id=self.worker_id,
-            excluded_queue_names=[],
-        )
-        self._stopping = asyncio.Event()
 
-    async def run(self) -> None:
-        """Take and run tasks until stopped; re-queue orphaned autopilot runs meanwhile."""
-        logger.info("in-process task worker %s started", self.worker_id)
-        loop = asyncio.get_running_loop()
-        next_reap = 0.0
-        while not self._stopping.is_set():
-            try:
-                if loop.time() >= next_reap:
-                    await sync_to_async(autopilot_reap, thread_sensitive=False)()
-                    next_reap = loop.time() + self.reap_every
-                ran = await sync_to_async(self.run_one, thread_sensitive=False)()
-            except Exception:
-                logger.exception("in-process task worker error")
-                ran = False
-            if not ran:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.interval)
+def worker_run(
+    *, interval: float = 0.25, reap_every: float = 5.0, batch: bool = False, verbosity: int = 1
+) -> None:
+    """Run `db_worker` on this thread (the main one) until SIGINT or SIGTERM, or with
+    `batch` until no task is ready; reap orphaned autopilot runs every `reap_every`
+    seconds meanwhile. The signal handlers found are put back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in _WORKER_SIGNALS}
+    reaper = Reaper(every=reap_every)
+    reaper.start()
+    options = [
+        "--no-reload",
+        "--no-startup-delay",
+        "--queue-name=default",
+        f"--interval={interval}",
+        f"--worker-id={worker_id()}",
+    ]
+    try:
+        call_command("db_worker", *options, *(["--batch"] if batch else []), verbosity=verbosity)
+    except SystemExit as exc:  # db_worker exits this way when a signal stops it idle
+        if exc.code not in (None, 0):
+            raise
+    finally:
+        reaper.stop()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def worker_id() -> str:
+    return f"inprocess-{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+class Reaper(threading.Thread):
+    """Calls `autopilot_reap` now and then every `every` seconds until stopped."""
+
+    def __init__(self, *, every: float) -> None:
+        super().__init__(name="autopilot-reaper", daemon=True)
+        self.every = every
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while True:
+                close_old_connections()
+                try:
+                    autopilot_reap()
+                except Exception:
+                    logger.exception("autopilot reaper error")
+                if self._stopping.wait(self.every):
+                    return
+        finally:
+            connection.close()
 
     def stop(self) -> None:
         self._stopping.set()
-
-    def run_one(self) -> bool:
-        """Claim and run one ready task; False when there was none."""
-        close_old_connections()
-        try:
-            tasks = DBTaskResult.objects.ready().filter(backend_name="default")
-            with exclusive_transaction(tasks.db):
-                task_result = tasks.get_locked()
-                if task_result is not None:
-                    task_result.claim(self.worker_id)
-        except OperationalError as exc:
-            if is_locked_database_exception(exc):
-                return False
-            raise
-        finally:
-            close_old_connections()
-        if task_result is None:
-            return False
-        self._worker.run_task(task_result)
-        close_old_connections()
-        return True
+        self.join(timeout=10)

@@ -11,7 +11,9 @@ returns.
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -77,15 +79,28 @@ def workflow_events_broadcast(*, events: list[Any]) -> None:
     layer = get_channel_layer()
     if layer is None or not events:
         return
+    _deliver(partial(_send_all, layer, events), "broadcast of workflow events")
+
+
+def group_send(group: str, message: dict) -> None:
+    """Send `message` to `group` (best-effort: a failure is logged), the same way as
+    workflow events: through the server's event loop from a thread of a process serving
+    ASGI, so that an in-memory channel layer is only used from its own loop."""
+    layer = get_channel_layer()
+    if layer is not None:
+        _deliver(partial(layer.group_send, group, message), f"send to {group}")
+
+
+def _deliver(send: Callable[[], Awaitable[None]], what: str) -> None:
     loop = _server_loop
     if loop is not None and loop.is_running() and not _in_event_loop():
-        sending = asyncio.run_coroutine_threadsafe(_send_all(layer, events), loop)
-        sending.add_done_callback(_log_failure)
+        sending = asyncio.run_coroutine_threadsafe(send(), loop)
+        sending.add_done_callback(partial(_log_failure, what))
         return
     try:
-        async_to_sync(_send_all)(layer, events)
+        async_to_sync(send)()
     except Exception:  # a broken layer must not turn a committed change into an error
-        logger.exception("broadcast of %d workflow events failed", len(events))
+        logger.exception("%s failed", what)
 
 
 def _in_event_loop() -> bool:
@@ -96,9 +111,9 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _log_failure(sending: Future) -> None:
+def _log_failure(what: str, sending: Future) -> None:
     if not sending.cancelled() and sending.exception() is not None:
-        logger.error("broadcast of workflow events failed", exc_info=sending.exception())
+        logger.error("%s failed", what, exc_info=sending.exception())
 
 
 async def _send_all(layer: Any, events: list[Any]) -> None:
@@ -118,11 +133,4 @@ async def _send_all(layer: Any, events: list[Any]) -> None:
 def workflow_live_frame_send(*, workflow_id: Any, frame: dict) -> None:
     """Send a frame that is not persisted (`ai.delta`, `ai.run`, `check.output`) to the
     workflow's websocket clients. Best-effort: the database is the record."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": "live.frame", "frame": frame}
-    try:
-        async_to_sync(layer.group_send)(workflow_group(workflow_id), message)
-    except Exception:
-        logger.exception("could not send a live %s frame", frame.get("type"))
+    group_send(workflow_group(workflow_id), {"type": "live.frame", "frame": frame})

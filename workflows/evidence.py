@@ -13,7 +13,6 @@ from typing import Any
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from topdog.serializers import serializer_validate
 from workflows.states import State
 
 MAX_FILE_BYTES = 1_000_000
@@ -233,11 +232,12 @@ def evidence_validate(*, phase: str, data: Any) -> dict:
     """Validate `data` as `phase`'s evidence; raises DRF ValidationError with field errors."""
     if not isinstance(data, dict):
         raise ValidationError({"phase_result": [f"{phase} evidence must be a JSON object"]})
+    serializer = EVIDENCE_SCHEMAS[phase](data=data)
     try:
-        validated = serializer_validate(EVIDENCE_SCHEMAS[phase], data)
+        serializer.is_valid(raise_exception=True)
     except ValidationError as exc:
         raise ValidationError({"phase_result": exc.detail}) from None
-    return json.loads(json.dumps(validated))
+    return json.loads(json.dumps(serializer.validated_data))
 
 
 def evidence_artifacts(*, phase: str, result: dict) -> list[dict]:
@@ -333,7 +333,7 @@ EVIDENCE_EXAMPLES: dict[str, dict] = {
             {
                 "path": "src/app.py",
                 "action": "modify",
-                "content": "def main() -> None:\n    \"\"\"The full new content of the file.\"\"\"\n",
+                "content": 'def main() -> None:\n    """The full new content of the file."""\n',
             },
             {"path": "old.py", "action": "delete"},
         ],

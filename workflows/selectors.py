@@ -6,13 +6,12 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import F, QuerySet
 
-from topdog.compiled import CompiledQuery, Param
 from workflows.broadcast import event_frame, workflow_summary
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
+    ApiToken,
     CheckRun,
     Handoff,
-    Membership,
     Message,
     PhaseResult,
     Project,
@@ -21,6 +20,27 @@ from workflows.models import (
     WorkflowEvent,
 )
 from workflows.states import PHASES, State, phases_completed
+
+
+def api_token_find(*, raw: str) -> ApiToken | None:
+    """The token whose digest `raw` has, with its user, in one query; None if none has.
+
+    Only what a request needs of the user is read; its other fields load if touched."""
+    return (
+        ApiToken.objects.select_related("user")
+        .only(*_TOKEN_FIELDS)
+        .filter(digest=ApiToken.digest_of(raw))
+        .first()
+    )
+
+
+_TOKEN_FIELDS = (
+    "last_used_at",
+    "user__username",
+    "user__is_active",
+    "user__is_superuser",
+    "user__is_staff",
+)
 
 
 def project_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Project]:
@@ -60,20 +80,6 @@ def workflow_get_for_user(*, user: AbstractBaseUser, workflow_id: Any) -> Workfl
         raise WorkflowNotFound() from exc
 
 
-# The values compiled queries of workflows take (topdog/compiled.py), each with a
-# placeholder no real id has.
-WORKFLOW_ID = Param(Workflow._meta.pk, uuid.UUID(int=708_002))
-MEMBER_USER_ID = Param(Membership._meta.get_field("user").target_field, -708_001)
-
-_STATUS_QUERY = CompiledQuery(
-    lambda user_id, workflow_id: Workflow.objects.filter(
-        project__memberships__user_id=user_id, pk=workflow_id
-    ).values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count"),
-    user_id=MEMBER_USER_ID,
-    workflow_id=WORKFLOW_ID,
-)
-
-
 def workflow_uuid(workflow_id: Any) -> uuid.UUID:
     """`workflow_id` as a UUID; anything else is a workflow nobody has (WorkflowNotFound)."""
     try:
@@ -84,9 +90,13 @@ def workflow_uuid(workflow_id: Any) -> uuid.UUID:
 
 def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
-    no joins beyond membership, compiled once) and no model instance."""
+    no joins beyond membership) and no model instance."""
     workflow_id = workflow_uuid(workflow_id)
-    row = _STATUS_QUERY.fetchone(user_id=user.pk, workflow_id=workflow_id)
+    row = (
+        Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
+        .values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count")
+        .first()
+    )
     if row is None:
         raise WorkflowNotFound()
     state, role, last_phase, awaiting, regressions = row

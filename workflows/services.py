@@ -1,37 +1,33 @@
 """Business writes on workflows.
 
-Every service that moves a workflow follows one shape: lock the workflow row
+Every transition goes through one runner, `_transition_run`: lock the workflow row
 (`select_for_update`; SQLite takes its write lock at BEGIN IMMEDIATE), check what the
-caller asked against the state it finds, write the state change together with exactly
-one Handoff and the next gapless WorkflowEvents, and only after commit broadcast them.
-Either all of that commits or none of it does.
+caller asked against the state it finds, change the workflow in memory, then write the
+state change together with exactly one Handoff and the next gapless WorkflowEvents, and
+only after commit broadcast them. Either all of that commits or none of it does.
+
+What a phase result leads to (advance, hold at a gate, regress, fail at the regression
+limit) is decided by `phase_outcome_decide`, a pure function of the evidence and the
+project's settings.
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Model, QuerySet
+from django.db.models import F
 from django_fsm import ConcurrentTransition
 
 from ai_orchestration.prompts import (
-    PROMPT_TEMPLATES_ACTIVE,
     prompt_render,
     prompt_template_active,
-)
-from topdog.compiled import (
-    CompiledQuery,
-    NextPk,
-    Update,
-    UpdateMissed,
-    Upsert,
-    model_insert,
-    models_write,
+    prompt_templates_active,
 )
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
@@ -58,8 +54,9 @@ from workflows.models import (
     Workflow,
     WorkflowEvent,
 )
-from workflows.selectors import MEMBER_USER_ID, WORKFLOW_ID, workflow_uuid
+from workflows.selectors import workflow_uuid
 from workflows.states import (
+    NEXT_STATE,
     REGRESSION_TARGETS,
     TRANSITION_MEMBER_ROLES,
     EventType,
@@ -108,72 +105,112 @@ class TransitionOutcome:
     phase_result: PhaseResult | None = None
 
 
-# --- helpers ---------------------------------------------------------------------------
+# --- what a phase result leads to: pure, no database -----------------------------------
 
 
-def _locked(*, as_member: bool, reserve_phase_result: bool) -> CompiledQuery:
-    """The workflow row to lock, with its project (not locked), compiled once.
+class OutcomeKind(StrEnum):
+    ADVANCE = "advance"
+    HOLD = "hold"
+    REGRESS = "regress"
+    FAIL = "fail"
 
-    The state is read twice: `stored_state` is what the row holds until this transaction
-    writes it, and the write is guarded on it (see _save). As a member, the user's
-    project role comes with it (no row: not a member). `reserved_phase_result_id` is an
-    id for a phase result this transaction will write (None where the database has no
-    sequences; see NextPk)."""
 
-    def build(workflow_id: Any, user_id: Any = None) -> QuerySet[Workflow]:
-        queryset = (
-            Workflow.objects.select_related("project")
-            .select_for_update(of=("self",))
-            .filter(pk=workflow_id)
-            .annotate(stored_state=F("state"))
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """Where a phase result (or a regression asked for) takes the workflow: `target` is
+    the state it moves to (the same phase when held at a gate)."""
+
+    kind: OutcomeKind
+    target: str
+    feedback: str = ""
+
+
+def phase_outcome_decide(
+    *,
+    phase: str,
+    evidence: dict,
+    gates: Sequence[str],
+    threshold: float,
+    regression_count: int,
+    regression_limit: int,
+) -> PhaseOutcome:
+    """What validated `evidence` of `phase` leads to under the project's settings.
+
+    A failing test report, a rejected verification or a score below `threshold` sends
+    the work back (or fails the workflow once it has used its regressions); otherwise a
+    phase in `gates` waits for approval, and any other moves on."""
+    target, feedback = _regression_asked(phase, evidence, threshold)
+    if target is not None:
+        return regression_outcome(
+            target=target,
+            feedback=feedback,
+            regression_count=regression_count,
+            regression_limit=regression_limit,
         )
-        if as_member:
-            queryset = queryset.filter(project__memberships__user_id=user_id).annotate(
-                member_role=F("project__memberships__role")
+    if phase in gates:
+        return PhaseOutcome(OutcomeKind.HOLD, phase)
+    return PhaseOutcome(OutcomeKind.ADVANCE, NEXT_STATE[phase])
+
+
+def regression_outcome(
+    *, target: str, feedback: str, regression_count: int, regression_limit: int
+) -> PhaseOutcome:
+    """A regression to `target`, or a failure when the limit is used up."""
+    if regression_count >= regression_limit:
+        return PhaseOutcome(OutcomeKind.FAIL, State.FAILED, feedback)
+    return PhaseOutcome(OutcomeKind.REGRESS, target, feedback)
+
+
+def _regression_asked(phase: str, evidence: dict, threshold: float) -> tuple[str | None, str]:
+    """Where the evidence sends the work back to (and the feedback), or (None, "")."""
+    if phase == State.TESTING:
+        if evidence["verdict"] == "fail":
+            return State.IMPLEMENTATION, findings_feedback(evidence["findings"])
+        if evidence["quality_score"] < threshold:
+            return State.IMPLEMENTATION, _below_threshold(
+                "quality score", evidence["quality_score"], threshold, evidence["findings"]
             )
-        if reserve_phase_result:
-            queryset = queryset.annotate(reserved_phase_result_id=NextPk(PhaseResult))
-        return queryset
-
-    params = {"workflow_id": WORKFLOW_ID}
-    if as_member:
-        params["user_id"] = MEMBER_USER_ID
-    return CompiledQuery(build, **params)
-
-
-# Every transition starts with one of these reads, by (as a member, reserving a phase
-# result id).
-_LOCKS = {
-    (as_member, reserve): _locked(as_member=as_member, reserve_phase_result=reserve)
-    for as_member in (True, False)
-    for reserve in (True, False)
-}
+    if phase == State.VERIFICATION:
+        if evidence["verdict"] == "reject":
+            return evidence["regress_to"], findings_feedback(evidence["findings"])
+        if evidence["score"] < threshold:
+            return State.IMPLEMENTATION, _below_threshold(
+                "verification score", evidence["score"], threshold, evidence["findings"]
+            )
+    return None, ""
 
 
-def workflow_lock(
-    *, workflow_id: Any, actor: Actor, reserve_phase_result: bool = False
-) -> tuple[Workflow, str | None]:
+def _below_threshold(what: str, score: float, threshold: float, findings: list[dict]) -> str:
+    head = f"- [major] {what} {score:.2f} is below the project's threshold {threshold:.2f}"
+    rest = findings_feedback(findings)
+    return f"{head}\n{rest}" if rest else head
+
+
+# --- locking and checking --------------------------------------------------------------
+
+
+def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | None]:
     """The workflow row, locked, with its project, and the actor's project role (None for
     system actors). A workflow the user's projects do not hold is WorkflowNotFound.
 
-    The same round trip reads the active prompt templates (`workflow.active_templates`,
-    by role), which a transition into a new role renders, and with `reserve_phase_result`
-    takes an id for the phase result the caller will write
-    (`workflow.reserved_phase_result_id`, None on SQLite)."""
-    workflow_id = workflow_uuid(workflow_id)
-    # The project and template rows are read with the lock (one round trip on
-    # PostgreSQL) but not locked: what a transition reads of them (gates, threshold,
-    # models, prompts) may change concurrently without making the transition wrong.
-    as_member = actor.user is not None
-    values = {"workflow_id": workflow_id}
-    if as_member:
-        values["user_id"] = actor.user.pk
-    lock = (_LOCKS[as_member, reserve_phase_result], values)
-    found, templates = CompiledQuery.instances_together(lock, (PROMPT_TEMPLATES_ACTIVE, {}))
-    if not found:
-        raise WorkflowNotFound()
-    workflow = found[0]
-    workflow.active_templates = {template.role: template for template in templates}
+    A second query reads the active prompt templates (`workflow.active_templates`, by
+    role), which a transition into a new role renders. The project and template rows are
+    not locked: what a transition reads of them (gates, threshold, models, prompts) may
+    change concurrently without making the transition wrong."""
+    queryset = (
+        Workflow.objects.select_related("project")
+        .select_for_update(of=("self",))
+        .filter(pk=workflow_uuid(workflow_id))
+    )
+    if actor.user is not None:
+        queryset = queryset.filter(project__memberships__user=actor.user).annotate(
+            member_role=F("project__memberships__role")
+        )
+    try:
+        workflow = queryset.get()
+    except Workflow.DoesNotExist as exc:
+        raise WorkflowNotFound() from exc
+    workflow.active_templates = {template.role: template for template in prompt_templates_active()}
     return workflow, getattr(workflow, "member_role", None)
 
 
@@ -220,6 +257,124 @@ def _conflict_message(workflow: Workflow, wanted: str, allowed: list[str]) -> st
     if not allowed:
         return f"{where}; it is finished and allows no transitions"
     return f"{where}; '{wanted}' is not allowed; allowed: {', '.join(allowed)}"
+
+
+def _expected_state_check(workflow: Workflow, member_role: str | None, expected: str) -> None:
+    """A workflow found in another state than the caller saw: someone else moved it."""
+    if expected != workflow.state:
+        raise TransitionConflict(
+            f"workflow is in {workflow.state}, not {expected}: the phase was "
+            f"completed by another request; fetch the status and continue from there",
+            current_state=workflow.state,
+            allowed=available_transitions(workflow, member_role),
+        )
+
+
+# --- the one transition runner ---------------------------------------------------------
+
+
+@dataclass
+class _Change:
+    """What a transition did to the locked workflow, for the runner to write."""
+
+    events: list[WorkflowEvent]
+    handoff: Handoff | None = None
+    phase_result: PhaseResult | None = None
+    messages: list[Message] = field(default_factory=list)
+    after_commit: Callable[[], None] | None = None
+
+
+# Changes the locked workflow (with the caller's project role) and says what it did.
+_Apply = Callable[[Workflow, str | None], _Change]
+
+
+def _transition_run(
+    *,
+    workflow_id: Any,
+    actor: Actor,
+    wanted: str,
+    apply: _Apply,
+    expected_state: str | None = None,
+) -> TransitionOutcome:
+    """Lock → check → change → write (workflow, handoff, events) → on commit: broadcast
+    and `after_commit`. All of it in one transaction."""
+    with transaction.atomic():
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        if expected_state is not None:
+            _expected_state_check(workflow, member_role, expected_state)
+        transition_check(workflow, member_role, wanted)
+        previous = workflow.state
+        change = apply(workflow, member_role)
+        _write(workflow, change, locked_state=previous)
+        if change.after_commit is not None:
+            transaction.on_commit(change.after_commit, robust=True)
+    return TransitionOutcome(workflow, previous, change.handoff, change.phase_result)
+
+
+def _write(workflow: Workflow, change: _Change, *, locked_state: str | None) -> None:
+    """Save the workflow, then its new rows (one insert per model); broadcast the events
+    after commit. A role the workflow has just entered gets its RoleContext (upserted).
+
+    The save is guarded by ConcurrentTransitionMixin on the state the workflow was loaded
+    in: a row found in another state is a ConcurrentTransition, and the transaction
+    rolls back whole."""
+    if locked_state is None:
+        workflow.save(force_insert=True)
+    else:
+        try:
+            workflow.save(update_fields=Workflow.MUTABLE_FIELDS)
+        except ConcurrentTransition as exc:
+            raise ConcurrentTransition(
+                f"workflow {workflow.pk} left {locked_state} while it was locked"
+            ) from exc
+    if workflow.state != locked_state:
+        _role_context_upsert(workflow)
+    if change.messages:
+        Message.objects.bulk_create(change.messages)
+    WorkflowEvent.objects.bulk_create(change.events)
+    if change.handoff is not None:
+        Handoff.objects.bulk_create([change.handoff])
+    transaction.on_commit(partial(workflow_events_broadcast, events=change.events), robust=True)
+
+
+def _role_context_upsert(workflow: Workflow) -> None:
+    """The RoleContext of the role that now owns the workflow, its system prompt rendered."""
+    role = workflow.current_role
+    if role is None:
+        return
+    # Read with the lock; initialize (nothing to lock) or a role without an active
+    # template (restored from the shipped default) reads it here.
+    template = getattr(workflow, "active_templates", {}).get(role)
+    if template is None:
+        template = prompt_template_active(role=role)
+    model_name = workflow.project.model_for(role, workflow.model_name)
+    context = RoleContext(
+        workflow=workflow,
+        role=role,
+        system_prompt=prompt_render(
+            body=template.body, workflow=workflow, role=role, state=workflow.state
+        ),
+        prompt_template=template,
+        prompt_version=template.sha256,
+        model_settings={
+            "model_name": model_name,
+            **settings.TOPDOG_MODELS[model_name],
+            "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
+            "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
+        },
+    )
+    RoleContext.objects.bulk_create(
+        [context],
+        update_conflicts=True,
+        unique_fields=["workflow", "role"],
+        update_fields=[
+            "system_prompt",
+            "prompt_template",
+            "prompt_version",
+            "model_settings",
+            "updated_at",
+        ],
+    )
 
 
 def _event(workflow: Workflow, actor: Actor, type_: str, data: dict) -> WorkflowEvent:
@@ -280,80 +435,45 @@ def _handoff(
     return handoff, event
 
 
-def _role_context_row(workflow: Workflow) -> Upsert | None:
-    """The RoleContext of the role that now owns the workflow, its system prompt rendered."""
-    if workflow.current_role is None:
-        return None
-    # Read with the lock; initialize (nothing to lock) or a role without an active
-    # template (restored from the shipped default) reads it here.
-    template = getattr(workflow, "active_templates", {}).get(workflow.current_role)
-    if template is None:
-        template = prompt_template_active(role=workflow.current_role)
-    model_name = workflow.project.model_for(workflow.current_role, workflow.model_name)
-    model_settings = {
-        "model_name": model_name,
-        **settings.TOPDOG_MODELS[model_name],
-        "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
-        "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
-    }
-    return Upsert(
-        RoleContext(
-            workflow=workflow,
-            role=workflow.current_role,
-            system_prompt=prompt_render(
-                body=template.body,
-                workflow=workflow,
-                role=workflow.current_role,
-                state=workflow.state,
-            ),
-            prompt_template=template,
-            prompt_version=template.sha256,
-            model_settings=model_settings,
-        ),
-        unique_fields=("workflow", "role"),
-        update_fields=(
-            "system_prompt",
-            "prompt_template",
-            "prompt_version",
-            "model_settings",
-            "updated_at",
-        ),
-    )
-
-
-def _save(
+def _outcome_apply(
     workflow: Workflow,
-    events: Iterable[WorkflowEvent],
-    handoff: Handoff | None = None,
+    actor: Actor,
+    outcome: PhaseOutcome,
     *,
-    role_entered: bool = False,
-    new_rows: Iterable[Model] = (),
-) -> None:
-    """Write the workflow and its new rows (`new_rows` not yet inserted, the role context
-    of a role it has just entered, events, handoff) in one batch; broadcast the events
-    after commit.
-
-    A locked workflow's UPDATE is guarded on the state it was locked in, as
-    ConcurrentTransitionMixin guards its save: a row found in another state is a
-    ConcurrentTransition and the transaction rolls back whole."""
-    events = list(events)
-    if workflow._state.adding:
-        head: Workflow | Update = workflow
+    reason: str = "",
+    summary: str = "",
+    phase_result: PhaseResult | None = None,
+) -> tuple[Handoff | None, WorkflowEvent]:
+    """Move the workflow as `outcome` says: its handoff (None when held) and event."""
+    from_state, from_role = workflow.state, workflow.current_role
+    if outcome.kind == OutcomeKind.HOLD:
+        workflow.hold_for_approval()
+        data = {"phase": from_state, "phase_result_id": phase_result.pk}
+        return None, _event(workflow, actor, EventType.APPROVAL_REQUESTED, data)
+    if outcome.kind == OutcomeKind.ADVANCE:
+        workflow.advance()
+        kind, details = HandoffKind.FORWARD, {"summary": summary}
+    elif outcome.kind == OutcomeKind.REGRESS:
+        if outcome.target == State.PLANNING:
+            workflow.regress_to_planning()
+        else:
+            workflow.regress_to_implementation()
+        kind = HandoffKind.REGRESSION
+        details = {"reason": reason, "summary": f"Sent back from {from_state}: {reason}"}
     else:
-        head = Update(workflow, Workflow.MUTABLE_FIELDS, where={"state": workflow.stored_state})
-    role_context = _role_context_row(workflow) if role_entered else None
-    new_rows = [row for row in new_rows if row._state.adding]
-    rows = [head, *new_rows, role_context, *events, handoff]
-    try:
-        models_write([row for row in rows if row is not None])
-    except UpdateMissed as exc:
-        raise ConcurrentTransition(
-            f"workflow {workflow.pk} left {workflow.stored_state} while it was locked"
-        ) from exc
-    workflow.stored_state = workflow.state
-    # The mixin's own save does this: later saves of this instance guard on the new state.
-    workflow._update_initial_state()
-    transaction.on_commit(partial(workflow_events_broadcast, events=events), robust=True)
+        limit = workflow.regression_limit
+        workflow.fail(reason=f"regression limit of {limit} reached; last: {reason}")
+        kind, details = HandoffKind.FAIL, {"reason": workflow.terminal_reason}
+    return _handoff(
+        workflow,
+        actor,
+        kind=kind,
+        from_state=from_state,
+        from_role=from_role,
+        feedback=outcome.feedback,
+        phase_result=phase_result,
+        **details,
+    )
 
 
 def _title(requirements: dict) -> str:
@@ -410,7 +530,7 @@ def workflow_initialize(
                 "regression_limit": workflow.regression_limit,
             },
         )
-        _save(workflow, [event], role_entered=True)
+        _write(workflow, _Change([event]), locked_state=None)
     return workflow
 
 
@@ -430,204 +550,122 @@ def workflow_phase_complete(
     another state (someone else completed the phase first) is a conflict, not a
     validation error.
     """
-    with transaction.atomic():
-        workflow, member_role = workflow_lock(
-            workflow_id=workflow_id, actor=actor, reserve_phase_result=True
-        )
-        if expected_state is not None and expected_state != workflow.state:
-            allowed = available_transitions(workflow, member_role)
-            raise TransitionConflict(
-                f"workflow is in {workflow.state}, not {expected_state}: the phase was "
-                f"completed by another request; fetch the status and continue from there",
-                current_state=workflow.state,
-                allowed=allowed,
-            )
-        transition_check(workflow, member_role, Transition.COMPLETE)
-        phase, role = workflow.state, workflow.current_role
-        evidence = evidence_validate(phase=phase, data=result)
-        evidence, change_set_checked = evidence_verify(
-            workflow=workflow, phase=phase, evidence=evidence
-        )
-        if phase == State.TESTING:
-            workflow.tests_verified = evidence["verified"]
 
-        regress_to, feedback = _regression_asked(
-            phase, evidence, workflow.project.quality_threshold
-        )
-        gated = regress_to is None and workflow.project.has_gate(phase)
-        attempt = workflow.next_attempt(phase)
-        phase_result = PhaseResult(
-            pk=workflow.reserved_phase_result_id,
-            workflow=workflow,
-            phase=phase,
-            attempt=attempt,
-            status=PhaseResult.Status.PENDING_APPROVAL if gated else PhaseResult.Status.ACCEPTED,
-            ai_response=ai_response,
-            result=evidence,
-            artifacts=evidence_artifacts(phase=phase, result=evidence),
-            content_hash=sha256_text(canonical_json(evidence)),
-            created_by=actor.user,
-        )
-        if phase_result.pk is None:
-            # No id reserved (SQLite): insert it now for its id. Otherwise it is written
-            # with the rest, and the events and handoff refer to its reserved id.
-            model_insert(phase_result)
-        usage = usage or CallUsage()
-        message = Message(
-            workflow=workflow,
-            seq=workflow.next_message_seq(),
-            role=role,
-            sender=Sender.ASSISTANT,
-            phase=phase,
-            content=ai_response or canonical_json(evidence),
-            provider=usage.provider,
-            model=usage.model,
-            prompt_version=usage.prompt_version,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=usage.cost_usd,
-        )
-        workflow.input_tokens += usage.input_tokens
-        workflow.output_tokens += usage.output_tokens
-        workflow.cost_usd += usage.cost_usd
-        events = [
-            _event(
-                workflow,
-                actor,
-                EventType.PHASE_COMPLETED,
-                {
-                    "phase": phase,
-                    "role": role,
-                    "attempt": attempt,
-                    "phase_result_id": phase_result.pk,
-                    "status": phase_result.status,
-                    "content_hash": phase_result.content_hash,
-                    "message_seq": message.seq,
-                    "usage": {
-                        "provider": usage.provider,
-                        "model": usage.model,
-                        "input_tokens": usage.input_tokens,
-                        "output_tokens": usage.output_tokens,
-                        "cost_usd": str(usage.cost_usd),
-                    },
-                },
-            )
-        ]
-        handoff = None
-        summary = evidence_summary(phase=phase, result=evidence)
-        if regress_to is not None:
-            handoff, event = _regress(
-                workflow,
-                actor,
-                target=regress_to,
-                reason=f"{phase} sent the work back: {summary}",
-                feedback=feedback,
-                phase_result=phase_result,
-            )
-            events.append(event)
-        elif gated:
-            workflow.hold_for_approval()
-            events.append(
-                _event(
-                    workflow,
-                    actor,
-                    EventType.APPROVAL_REQUESTED,
-                    {"phase": phase, "phase_result_id": phase_result.pk},
-                )
-            )
-        else:
-            workflow.advance()
-            handoff, event = _handoff(
-                workflow,
-                actor,
-                kind=HandoffKind.FORWARD,
-                from_state=phase,
-                from_role=role,
-                summary=summary,
-                phase_result=phase_result,
-            )
-            events.append(event)
-        _save(
-            workflow,
-            events,
-            handoff,
-            role_entered=workflow.state != phase,
-            new_rows=[phase_result, message],
-        )
-        if change_set_checked is not None:
-            syntax_check_row(
-                workflow=workflow,
-                phase_result=phase_result,
-                verdict=change_set_checked,
-                actor_name=actor.name,
-            ).save()
-    return TransitionOutcome(workflow, phase, handoff, phase_result)
+    def apply(workflow: Workflow, member_role: str | None) -> _Change:
+        return _phase_complete(workflow, actor, ai_response, result, usage or CallUsage())
+
+    return _transition_run(
+        workflow_id=workflow_id,
+        actor=actor,
+        wanted=Transition.COMPLETE,
+        apply=apply,
+        expected_state=expected_state,
+    )
 
 
-def _regression_asked(phase: str, evidence: dict, threshold: float) -> tuple[str | None, str]:
-    """Where the evidence sends the work back to (and the feedback), or (None, "")."""
+def _phase_complete(
+    workflow: Workflow, actor: Actor, ai_response: str, result: Any, usage: CallUsage
+) -> _Change:
+    phase, role = workflow.state, workflow.current_role
+    evidence = evidence_validate(phase=phase, data=result)
+    evidence, change_set_checked = evidence_verify(
+        workflow=workflow, phase=phase, evidence=evidence
+    )
     if phase == State.TESTING:
-        if evidence["verdict"] == "fail":
-            return State.IMPLEMENTATION, findings_feedback(evidence["findings"])
-        if evidence["quality_score"] < threshold:
-            return State.IMPLEMENTATION, _below_threshold(
-                "quality score", evidence["quality_score"], threshold, evidence["findings"]
-            )
-    if phase == State.VERIFICATION:
-        if evidence["verdict"] == "reject":
-            return evidence["regress_to"], findings_feedback(evidence["findings"])
-        if evidence["score"] < threshold:
-            return State.IMPLEMENTATION, _below_threshold(
-                "verification score", evidence["score"], threshold, evidence["findings"]
-            )
-    return None, ""
-
-
-def _below_threshold(what: str, score: float, threshold: float, findings: list[dict]) -> str:
-    head = f"- [major] {what} {score:.2f} is below the project's threshold {threshold:.2f}"
-    rest = findings_feedback(findings)
-    return f"{head}\n{rest}" if rest else head
-
-
-def _regress(
-    workflow: Workflow,
-    actor: Actor,
-    *,
-    target: str,
-    reason: str,
-    feedback: str,
-    phase_result: PhaseResult | None = None,
-) -> tuple[Handoff, WorkflowEvent]:
-    """Send the work back to `target`, or fail the workflow if it is out of regressions."""
-    from_state, from_role = workflow.state, workflow.current_role
-    if workflow.regression_count >= workflow.regression_limit:
-        workflow.fail(
-            reason=f"regression limit of {workflow.regression_limit} reached; last: {reason}"
-        )
-        return _handoff(
-            workflow,
-            actor,
-            kind=HandoffKind.FAIL,
-            from_state=from_state,
-            from_role=from_role,
-            reason=workflow.terminal_reason,
-            feedback=feedback,
+        workflow.tests_verified = evidence["verified"]
+    outcome = phase_outcome_decide(
+        phase=phase,
+        evidence=evidence,
+        gates=workflow.project.approval_gates or (),
+        threshold=workflow.project.quality_threshold,
+        regression_count=workflow.regression_count,
+        regression_limit=workflow.regression_limit,
+    )
+    # Inserted first: the event and the handoff refer to its id.
+    phase_result = PhaseResult.objects.create(
+        workflow=workflow,
+        phase=phase,
+        attempt=workflow.next_attempt(phase),
+        status=PhaseResult.Status.PENDING_APPROVAL
+        if outcome.kind == OutcomeKind.HOLD
+        else PhaseResult.Status.ACCEPTED,
+        ai_response=ai_response,
+        result=evidence,
+        artifacts=evidence_artifacts(phase=phase, result=evidence),
+        content_hash=sha256_text(canonical_json(evidence)),
+        created_by=actor.user,
+    )
+    if change_set_checked is not None:
+        syntax_check_row(
+            workflow=workflow,
             phase_result=phase_result,
-        )
-    if target == State.PLANNING:
-        workflow.regress_to_planning()
-    else:
-        workflow.regress_to_implementation()
-    return _handoff(
+            verdict=change_set_checked,
+            actor_name=actor.name,
+        ).save()
+    message = _message_of(workflow, role, phase, ai_response or canonical_json(evidence), usage)
+    completed = _phase_completed_event(workflow, actor, phase_result, message, usage)
+    summary = evidence_summary(phase=phase, result=evidence)
+    handoff, moved = _outcome_apply(
         workflow,
         actor,
-        kind=HandoffKind.REGRESSION,
-        from_state=from_state,
-        from_role=from_role,
-        reason=reason,
-        feedback=feedback,
-        summary=f"Sent back from {from_state}: {reason}",
+        outcome,
+        reason=f"{phase} sent the work back: {summary}",
+        summary=summary,
         phase_result=phase_result,
+    )
+    return _Change([completed, moved], handoff, phase_result, messages=[message])
+
+
+def _message_of(
+    workflow: Workflow, role: str, phase: str, content: str, usage: CallUsage
+) -> Message:
+    """The assistant's message of a completed phase; its cost is added to the workflow's."""
+    workflow.input_tokens += usage.input_tokens
+    workflow.output_tokens += usage.output_tokens
+    workflow.cost_usd += usage.cost_usd
+    return Message(
+        workflow=workflow,
+        seq=workflow.next_message_seq(),
+        role=role,
+        sender=Sender.ASSISTANT,
+        phase=phase,
+        content=content,
+        provider=usage.provider,
+        model=usage.model,
+        prompt_version=usage.prompt_version,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=usage.cost_usd,
+    )
+
+
+def _phase_completed_event(
+    workflow: Workflow,
+    actor: Actor,
+    phase_result: PhaseResult,
+    message: Message,
+    usage: CallUsage,
+) -> WorkflowEvent:
+    return _event(
+        workflow,
+        actor,
+        EventType.PHASE_COMPLETED,
+        {
+            "phase": phase_result.phase,
+            "role": message.role,
+            "attempt": phase_result.attempt,
+            "phase_result_id": phase_result.pk,
+            "status": phase_result.status,
+            "content_hash": phase_result.content_hash,
+            "message_seq": message.seq,
+            "usage": {
+                "provider": usage.provider,
+                "model": usage.model,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost_usd": str(usage.cost_usd),
+            },
+        },
     )
 
 
@@ -635,40 +673,45 @@ def workflow_event_record(*, workflow_id: Any, actor: Actor, type_: str, data: d
     """Append an event that moves nothing (e.g. a failed release), with the next seq."""
     with transaction.atomic():
         workflow, _ = workflow_lock(workflow_id=workflow_id, actor=Actor.system())
-        _save(workflow, [_event(workflow, actor, type_, data)])
+        event = _event(workflow, actor, type_, data)
+        _write(workflow, _Change([event]), locked_state=workflow.state)
 
 
 def workflow_regress(
     *, workflow_id: Any, target: str | None, reason: str, feedback: str, actor: Actor
 ) -> TransitionOutcome:
     """Send the work back from TESTING or VERIFICATION, with feedback for the next role."""
-    with transaction.atomic():
-        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
-        transition_check(workflow, member_role, Transition.REGRESS)
+
+    def apply(workflow: Workflow, member_role: str | None) -> _Change:
         targets = REGRESSION_TARGETS[workflow.state]
-        target = target or targets[0]
-        if target not in targets:
+        chosen = target or targets[0]
+        if chosen not in targets:
             raise TransitionConflict(
                 f"workflow is in {workflow.state}; it can go back to {', '.join(targets)}, "
-                f"not {target}",
+                f"not {chosen}",
                 current_state=workflow.state,
                 allowed=available_transitions(workflow, member_role),
             )
-        previous = workflow.state
-        handoff, event = _regress(workflow, actor, target=target, reason=reason, feedback=feedback)
-        _save(workflow, [event], handoff, role_entered=True)
-    return TransitionOutcome(workflow, previous, handoff)
+        outcome = regression_outcome(
+            target=chosen,
+            feedback=feedback,
+            regression_count=workflow.regression_count,
+            regression_limit=workflow.regression_limit,
+        )
+        handoff, event = _outcome_apply(workflow, actor, outcome, reason=reason)
+        return _Change([event], handoff)
+
+    return _transition_run(
+        workflow_id=workflow_id, actor=actor, wanted=Transition.REGRESS, apply=apply
+    )
 
 
 def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> TransitionOutcome:
     """Let a gated phase's stored result through to the next phase."""
-    with transaction.atomic():
-        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
-        transition_check(workflow, member_role, Transition.APPROVE)
+
+    def apply(workflow: Workflow, member_role: str | None) -> _Change:
         previous, role = workflow.state, workflow.current_role
-        pending = _pending_result(workflow)
-        pending.status = PhaseResult.Status.ACCEPTED
-        pending.save(update_fields=["status"])
+        pending = _pending_result_settle(workflow, PhaseResult.Status.ACCEPTED)
         workflow.approve()
         handoff, event = _handoff(
             workflow,
@@ -680,26 +723,20 @@ def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> Tr
             summary=evidence_summary(phase=previous, result=pending.result),
             phase_result=pending,
         )
-        _save(workflow, [event], handoff, role_entered=True)
-        transaction.on_commit(partial(_autopilot_resume, workflow.id), robust=True)
-    return TransitionOutcome(workflow, previous, handoff, pending)
+        resume = partial(_autopilot_resume, workflow.id)
+        return _Change([event], handoff, pending, after_commit=resume)
 
-
-def _autopilot_resume(workflow_id: Any) -> None:
-    from ai_orchestration.autopilot import autopilot_resume_after_approval
-
-    autopilot_resume_after_approval(workflow_id=workflow_id)
+    return _transition_run(
+        workflow_id=workflow_id, actor=actor, wanted=Transition.APPROVE, apply=apply
+    )
 
 
 def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> TransitionOutcome:
     """Turn down a gated phase's result; the same role redoes the phase with `feedback`."""
-    with transaction.atomic():
-        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
-        transition_check(workflow, member_role, Transition.REJECT)
+
+    def apply(workflow: Workflow, member_role: str | None) -> _Change:
         previous, role = workflow.state, workflow.current_role
-        pending = _pending_result(workflow)
-        pending.status = PhaseResult.Status.REJECTED
-        pending.save(update_fields=["status"])
+        pending = _pending_result_settle(workflow, PhaseResult.Status.REJECTED)
         workflow.reject()
         handoff, event = _handoff(
             workflow,
@@ -712,19 +749,32 @@ def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> Transit
             summary=f"{previous} result rejected: {feedback}",
             phase_result=pending,
         )
-        _save(workflow, [event], handoff)
-        transaction.on_commit(partial(_autopilot_resume, workflow.id), robust=True)
-    return TransitionOutcome(workflow, previous, handoff, pending)
+        resume = partial(_autopilot_resume, workflow.id)
+        return _Change([event], handoff, pending, after_commit=resume)
+
+    return _transition_run(
+        workflow_id=workflow_id, actor=actor, wanted=Transition.REJECT, apply=apply
+    )
 
 
-def _pending_result(workflow: Workflow) -> PhaseResult:
-    return (
+def _pending_result_settle(workflow: Workflow, status: str) -> PhaseResult:
+    """The gated phase's pending result, given its `status` (accepted or rejected)."""
+    pending = (
         PhaseResult.objects.filter(
             workflow=workflow, phase=workflow.state, status=PhaseResult.Status.PENDING_APPROVAL
         )
         .order_by("-attempt")
         .first()
     )
+    pending.status = status
+    pending.save(update_fields=["status"])
+    return pending
+
+
+def _autopilot_resume(workflow_id: Any) -> None:
+    from ai_orchestration.autopilot import autopilot_resume_after_approval
+
+    autopilot_resume_after_approval(workflow_id=workflow_id)
 
 
 def workflow_cancel(*, workflow_id: Any, actor: Actor, reason: str = "") -> TransitionOutcome:
@@ -738,9 +788,7 @@ def workflow_fail(*, workflow_id: Any, actor: Actor, reason: str) -> TransitionO
 
 
 def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> TransitionOutcome:
-    with transaction.atomic():
-        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
-        transition_check(workflow, member_role, wanted)
+    def apply(workflow: Workflow, member_role: str | None) -> _Change:
         previous, role = workflow.state, workflow.current_role
         if workflow.awaiting_approval:
             PhaseResult.objects.filter(
@@ -755,9 +803,10 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
         handoff, event = _handoff(
             workflow, actor, kind=kind, from_state=previous, from_role=role, reason=reason
         )
-        _save(workflow, [event], handoff)
-        transaction.on_commit(partial(_autopilot_stop, workflow.id), robust=True)
-    return TransitionOutcome(workflow, previous, handoff)
+        stop = partial(_autopilot_stop, workflow.id)
+        return _Change([event], handoff, after_commit=stop)
+
+    return _transition_run(workflow_id=workflow_id, actor=actor, wanted=wanted, apply=apply)
 
 
 def _autopilot_stop(workflow_id: Any) -> None:

@@ -1,13 +1,11 @@
 """Shared pieces of the API views: the base class, output shapes and next actions."""
 
-from functools import lru_cache
 from typing import Any
 
-from django.urls import get_script_prefix, reverse
+from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
-from topdog.serializers import serializer_validate
 from workflows.api.idempotency import IdempotentMixin
 from workflows.models import Project, Workflow
 from workflows.services import available_transitions
@@ -19,24 +17,9 @@ class ApiView(IdempotentMixin, APIView):
 
 def validated_data(serializer_class: type[serializers.Serializer], request: Any) -> dict:
     """The request body validated by `serializer_class` (400 with field errors if not)."""
-    return serializer_validate(serializer_class, request.data)
-
-
-# Stands for the workflow id in a reversed path: reverse() takes a tenth of a millisecond,
-# which every complete-phase answer paid twice.
-_ID_SLOT = "workflow-id-slot"
-
-
-@lru_cache(maxsize=64)
-def _reversed(name: str, script_prefix: str, with_id: bool) -> str:
-    # reverse() reads the script prefix; it is part of the key so a path never crosses
-    # deployments mounted under different prefixes.
-    return reverse(name, args=[_ID_SLOT] if with_id else None)
-
-
-def workflow_path(name: str, workflow_id: Any) -> str:
-    """reverse(name, args=[workflow_id]) for the API's workflow URLs, looked up once."""
-    return _reversed(name, get_script_prefix(), True).replace(_ID_SLOT, str(workflow_id))
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
 
 
 def next_action(workflow: Workflow) -> dict[str, Any]:
@@ -48,7 +31,7 @@ def next_action(workflow: Workflow) -> dict[str, Any]:
             "type": "await_approval",
             "phase": workflow.state,
             "detail": f"a project owner must approve or reject the {workflow.state} result",
-            "transitions_url": workflow_path("api:workflow-transitions", workflow.id),
+            "transitions_url": reverse("api:workflow-transitions", args=[workflow.id]),
         }
     return {
         "type": "call_model",
@@ -56,8 +39,8 @@ def next_action(workflow: Workflow) -> dict[str, Any]:
         "role": workflow.current_role,
         "detail": f"fetch the prompt, call the model as {workflow.current_role}, then submit "
         f"the {workflow.state} evidence to complete-phase",
-        "prompt_url": workflow_path("api:ide-get-ai-prompt", workflow.id),
-        "complete_url": _reversed("api:ide-complete-phase", get_script_prefix(), False),
+        "prompt_url": reverse("api:ide-get-ai-prompt", args=[workflow.id]),
+        "complete_url": reverse("api:ide-complete-phase"),
     }
 
 

@@ -122,6 +122,7 @@ def test_change_page_shows_the_trail_inlines_in_order(admin_client, workflow, us
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [m.seq for m in messages_] == [1, 2]
     assert [r.phase for r in results] == [State.DISCOVERY, State.PLANNING]
+    assert checks == []  # nothing was built yet, so nothing was checked
     assert all(
         not inline.has_add_permission
         and not inline.has_change_permission

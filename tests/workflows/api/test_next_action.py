@@ -4,7 +4,7 @@ import pytest
 from django.urls import clear_script_prefix, resolve, reverse, set_script_prefix
 
 from tests.factories import workflow_for
-from workflows.api.base import next_action, workflow_path
+from workflows.api.base import next_action
 
 pytestmark = pytest.mark.django_db
 
@@ -29,14 +29,14 @@ def test_the_paths_are_what_reverse_gives(project, user):
 
 def test_each_script_prefix_has_its_own_paths(project, user, script_prefix):
     workflow = workflow_for(project, user)
-    at_root = workflow_path("api:workflow-transitions", workflow.id)
+    at_root = next_action(workflow)["prompt_url"]
     complete_at_root = next_action(workflow)["complete_url"]
 
     # when: the service is mounted under a prefix (SCRIPT_NAME)
     script_prefix("/topdog/")
 
     # then: the paths carry it, and at the root they did not
-    mounted = workflow_path("api:workflow-transitions", workflow.id)
-    assert mounted == reverse("api:workflow-transitions", args=[workflow.id])
+    mounted = next_action(workflow)["prompt_url"]
+    assert mounted == reverse("api:ide-get-ai-prompt", args=[workflow.id])
     assert mounted == "/topdog" + at_root
     assert next_action(workflow)["complete_url"] == "/topdog" + complete_at_root

@@ -32,7 +32,9 @@ def test_post_runs_the_tests_of_the_change_set_for_real(
 
     # when the IDE asks for a test run and a worker executes it
     with django_capture_on_commit_callbacks(execute=True):
-        response = api.post(f"/api/workflows/{workflow.id}/checks/", {"kind": "test"}, format="json")
+        response = api.post(
+            f"/api/workflows/{workflow.id}/checks/", {"kind": "test"}, format="json"
+        )
     assert response.status_code == 202, response.content
     assert response.json()["status"] == "queued"
     with django_capture_on_commit_callbacks(execute=True):
@@ -179,7 +181,9 @@ def test_output_streams_live_and_secrets_are_scrubbed(
             frames.append(async_to_sync(_receive)(layer, channel))
         except TimeoutError:
             break
-    lines = [line for f in frames if f["frame"]["type"] == "check.output" for line in f["frame"]["lines"]]
+    lines = [
+        line for f in frames if f["frame"]["type"] == "check.output" for line in f["frame"]["lines"]
+    ]
     assert lines, frames
     assert not any("tok_live_abcdefghijklmnop1234" in line for line in lines)
 

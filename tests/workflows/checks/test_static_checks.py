@@ -59,9 +59,7 @@ def test_an_accepted_change_set_records_its_static_checks(project, user):
     assert syntax.phase_result.phase == "IMPLEMENTATION"
 
 
-def test_with_a_sandbox_a_change_set_must_apply_to_the_base(
-    sandbox, local_remote, project, user
-):
+def test_with_a_sandbox_a_change_set_must_apply_to_the_base(sandbox, local_remote, project, user):
     # given a repository whose base has calc.py but no missing.py
     workflow = workflow_in_implementation(project, user)
     files = {

@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import json
 
 import pytest
 from rest_framework.exceptions import ValidationError
@@ -9,6 +10,7 @@ from rest_framework.exceptions import ValidationError
 from tests.factories import evidence, workflow_for
 from workflows.evidence import (
     EVIDENCE_EXAMPLES,
+    EVIDENCE_SCHEMAS,
     canonical_json,
     evidence_artifacts,
     evidence_validate,
@@ -355,3 +357,48 @@ def test_validated_evidence_validates_again_unchanged(phase):
     """The autopilot validates, then the service validates again: defaults must survive."""
     once = evidence_validate(phase=phase, data=EVIDENCE_EXAMPLES[phase])
     assert evidence_validate(phase=phase, data=once) == once
+
+
+# --- evidence_validate answers as a fresh serializer's is_valid() does --------------------
+
+CYCLE = {
+    "work_items": [
+        {"id": "A", "title": "a", "files": ["a.py"], "depends_on": ["B"]},
+        {"id": "B", "title": "b", "files": ["b.py"], "depends_on": ["A"]},
+    ]
+}
+BAD_FIELDS = {"summary": 3, "work_items": [{"id": "A", "files": ["/etc/passwd"]}]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [EVIDENCE_EXAMPLES[S.PLANNING], CYCLE, BAD_FIELDS, {}],
+    ids=["valid", "cycle", "field-errors", "empty"],
+)
+def test_validation_answers_as_is_valid_does(data):
+    # given: what a fresh serializer of the plan schema says of `data`
+    serializer = EVIDENCE_SCHEMAS[S.PLANNING](data=data)
+    valid = serializer.is_valid()
+
+    # when / then: the same validated data, or the same field errors, every time
+    for _ in range(2):
+        if valid:
+            assert evidence_validate(phase=S.PLANNING, data=data) == json.loads(
+                json.dumps(serializer.validated_data)
+            )
+        else:
+            with pytest.raises(ValidationError) as excinfo:
+                evidence_validate(phase=S.PLANNING, data=data)
+            assert excinfo.value.detail == {"phase_result": serializer.errors}
+
+
+def test_a_failed_validation_leaves_nothing_behind_for_the_next():
+    # given: a plan that fails
+    with pytest.raises(ValidationError):
+        evidence_validate(phase=S.PLANNING, data=CYCLE)
+
+    # when: a valid plan follows it
+    value = evidence_validate(phase=S.PLANNING, data=EVIDENCE_EXAMPLES[S.PLANNING])
+
+    # then: it validates, with nothing of the failed call in it
+    assert [item["id"] for item in value["work_items"]] == ["W1", "W2"]

@@ -1,12 +1,12 @@
 """`manage.py serve`: the whole service from one command.
 
 Applies migrations; on a database without a superuser creates `admin` (plus a `demo`
-project it owns and an API token) and prints the credentials once; starts a
-`manage.py db_worker` child for the task queue; serves the ASGI application with
-daphne until SIGINT or SIGTERM; then stops the worker.
+project it owns and an API token) and prints the credentials once; starts the task
+worker (with Redis, `manage.py db_worker` and `autopilot_watchdog` children; on the
+embedded default, `db_worker` in this process, see topdog/inprocess_worker.py); serves
+the ASGI application with daphne until SIGINT or SIGTERM; then stops the worker.
 """
 
-import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -207,6 +207,43 @@ class TaskWorker:
             process.wait()
 
 
+def _serve_beside_worker(server: Any, reactor: Any, *, verbosity: int) -> None:
+    """Run daphne in a thread and the task worker on this, the main, thread.
+
+    The in-memory channel layer lives in this process: so must the worker whose
+    autopilot streams live frames through it. The worker is `manage.py db_worker`, which
+    takes SIGINT and SIGTERM, and only the main thread may install signal handlers, so
+    daphne (without handlers of its own) runs beside it. When the worker stops, daphne
+    stops; when daphne stops by itself (it could not listen, say), the worker is sent a
+    SIGTERM.
+    """
+    from topdog.inprocess_worker import worker_run
+
+    stopping, ended = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        finally:
+            if not stopping.is_set():
+                ended.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    served = threading.Thread(target=serve, name="daphne")
+    served.start()
+    try:
+        worker_run(verbosity=verbosity)
+    except KeyboardInterrupt:
+        # That SIGTERM came before the worker took the signal over; the caller tells
+        # why daphne ended.
+        if not ended.is_set():
+            raise
+    finally:
+        stopping.set()
+        reactor.callFromThread(reactor.stop)
+        served.join()
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -344,26 +381,21 @@ class Command(BaseCommand):
         from daphne.server import Server
         from twisted.internet import reactor
 
-        if in_process_worker:
-            # The in-memory channel layer lives in this process: so must the worker
-            # whose autopilot streams live frames through it.
-            from topdog.inprocess_worker import InProcessWorker
-
-            worker = InProcessWorker()
-            reactor.callWhenRunning(lambda: asyncio.ensure_future(worker.run()))
-            reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
-            self.stdout.write("Task worker and autopilot watchdog run in this process.")
-
         application = import_string(settings.ASGI_APPLICATION)
         server = Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,
+            # Beside an in-process worker, the worker takes the signals (see below).
+            signal_handlers=not in_process_worker,
             action_logger=AccessLogGenerator(sys.stdout) if verbosity >= 1 else None,
             root_path=getattr(settings, "FORCE_SCRIPT_NAME", "") or "",
             verbosity=verbosity,
         )
         self.stdout.write(f"Serving TopDog at {base_url}/ (Ctrl+C to stop).")
-        server.run()
+        if in_process_worker:
+            self.stdout.write("Task worker and autopilot watchdog run in this process.")
+            _serve_beside_worker(server, reactor, verbosity=verbosity)
+        else:
+            server.run()
         if not server.listening_addresses:
             raise CommandError(f"could not listen on {host}:{port}; see the error above")
