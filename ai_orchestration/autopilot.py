@@ -47,7 +47,7 @@ from ai_orchestration.providers.base import (
 from ai_orchestration.tokens import tokens_estimate
 from workflows.broadcast import workflow_live_frame_send
 from workflows.check_runs import check_run_event_data, check_run_for_testing, check_runs_reap
-from workflows.errors import TransitionConflict
+from workflows.errors import RepositoryUnavailable, TransitionConflict
 from workflows.evidence import evidence_validate
 from workflows.models import Workflow
 from workflows.release import ReleaseFailed, release_make
@@ -59,7 +59,7 @@ from workflows.services import (
     workflow_phase_complete,
 )
 from workflows.states import State, Transition
-from workflows.verification import testing_evidence_from_run
+from workflows.verification import change_set_verify, testing_evidence_from_run
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,9 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     deltas = _DeltaBroadcaster(workflow, run, phase, role)
     calls: list[Completion] = []
     try:
-        evidence = _evidence_from_model(provider, request, deltas, should_cancel, calls)
+        evidence = _evidence_from_model(
+            provider, request, deltas, should_cancel, calls, verify=_verifier(workflow)
+        )
     except ProviderCancelled as exc:
         _book_calls(run, calls, failed_attempts=exc.attempts)
         if not heartbeat.lost:  # (a lost lease means another worker owns the run now)
@@ -308,6 +310,10 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
         return False
     except ProviderError as exc:
         _book_calls(run, calls, failed_attempts=exc.attempts)
+        _finish_by_id(run.id, AIRun.Status.FAILED, error=f"{phase}: {exc}")
+        return False
+    except RepositoryUnavailable as exc:
+        _book_calls(run, calls)
         _finish_by_id(run.id, AIRun.Status.FAILED, error=f"{phase}: {exc}")
         return False
     finally:
@@ -395,7 +401,19 @@ def _wait_at_gate(run: AIRun, workflow: Workflow) -> None:
     _run_frame(run)
 
 
-def _evidence_from_model(provider, request, deltas, should_cancel, calls) -> dict:
+def _verifier(workflow: Workflow):
+    """What a phase's evidence must pass beyond its shape before it is submitted: a change
+    set's static checks (so the CODE_WRITER is asked again with the errors)."""
+
+    def verify(phase: str, evidence: dict) -> dict:
+        if phase == State.IMPLEMENTATION:
+            change_set_verify(workflow=workflow, evidence=evidence)
+        return evidence
+
+    return verify
+
+
+def _evidence_from_model(provider, request, deltas, should_cancel, calls, verify) -> dict:
     """Call the model for evidence; on invalid output, once more with the errors."""
     deadline = settings.TOPDOG_LLM_DEADLINE_SECONDS
     for attempt in (1, 2):
@@ -407,10 +425,10 @@ def _evidence_from_model(provider, request, deltas, should_cancel, calls) -> dic
             should_cancel=should_cancel,
         )
         calls.append(completion)
+        phase = request.metadata["phase"]
         try:
-            return evidence_validate(
-                phase=request.metadata["phase"], data=_parse_json(completion.content)
-            )
+            evidence = evidence_validate(phase=phase, data=_parse_json(completion.content))
+            return verify(phase, evidence)
         except ValidationError as exc:
             problems = json.dumps(exc.detail, default=str)[:4000]
             if attempt == 2:

@@ -1,8 +1,12 @@
+import os
+import shutil
+
 import pytest
 from django.core.cache import cache
 from django.db import connection, connections
 from rest_framework.test import APIClient
 
+from integrations.sandbox.bubblewrap import BubblewrapBackend
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_token_for
 
 on_postgres = pytest.mark.skipif(
@@ -77,3 +81,39 @@ def django_db_setup(django_db_setup, django_db_blocker):
             conn.close()
             if getattr(conn, "pool", None) is not None:
                 conn.close_pool()
+
+
+# --- the sandbox: real bubblewrap, skipped only where it cannot run (never in CI) -------
+
+
+def _bubblewrap_works() -> tuple[bool, str]:
+    if shutil.which("bwrap") is None:
+        return False, "bwrap is not installed"
+    return BubblewrapBackend().available()
+
+
+@pytest.fixture
+def sandbox(settings, tmp_path):
+    """The bubblewrap sandbox, with workspaces under the test's own directory."""
+    works, reason = _bubblewrap_works()
+    if not works:
+        if os.environ.get("TOPDOG_REQUIRE_SANDBOX"):
+            pytest.fail(f"TOPDOG_REQUIRE_SANDBOX is set but bubblewrap does not work: {reason}")
+        pytest.skip(f"bubblewrap does not work here: {reason}")
+    settings.TOPDOG_SANDBOX = "bubblewrap"
+    settings.TOPDOG_WORKSPACE_DIR = tmp_path / "workspaces"
+    settings.TOPDOG_SANDBOX_LIMITS = {
+        **settings.TOPDOG_SANDBOX_LIMITS,
+        "wall_seconds": 60,
+        "memory_bytes": 1024**3,
+    }
+    return settings
+
+
+@pytest.fixture
+def no_repository(project):
+    """The project has no repository: checks start from an empty tree."""
+    project.repository = ""
+    project.git_remote_url = ""
+    project.save()
+    return project

@@ -41,6 +41,8 @@ def _spawn(command: str, *args: str, log: Path) -> subprocess.Popen:
         "TOPDOG_OFFLINE_DELAY_MS": "40",
         "TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS": "1",
         "TOPDOG_AUTOPILOT_LEASE_SECONDS": "3",
+        # the project's repository is not reachable from here; checks are not under test
+        "TOPDOG_SANDBOX": "off",
     }
     env.pop("REDIS_URL", None)  # live frames are not under test here
     return subprocess.Popen(

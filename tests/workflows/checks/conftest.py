@@ -1,62 +1,8 @@
-"""Checks run for real: bubblewrap where it works (CI installs it and sets
-TOPDOG_REQUIRE_SANDBOX, so a missing sandbox fails there instead of skipping)."""
-
-import os
-import shutil
-import subprocess
+"""A local git remote for checks against a repository base."""
 
 import pytest
 
-from integrations.sandbox.bubblewrap import BubblewrapBackend
-
-
-def _bubblewrap_works() -> tuple[bool, str]:
-    if shutil.which("bwrap") is None:
-        return False, "bwrap is not installed"
-    return BubblewrapBackend().available()
-
-
-@pytest.fixture
-def sandbox(settings, tmp_path):
-    """The bubblewrap sandbox, with workspaces under the test's own directory."""
-    works, reason = _bubblewrap_works()
-    if not works:
-        if os.environ.get("TOPDOG_REQUIRE_SANDBOX"):
-            pytest.fail(f"TOPDOG_REQUIRE_SANDBOX is set but bubblewrap does not work: {reason}")
-        pytest.skip(f"bubblewrap does not work here: {reason}")
-    settings.TOPDOG_SANDBOX = "bubblewrap"
-    settings.TOPDOG_WORKSPACE_DIR = tmp_path / "workspaces"
-    settings.TOPDOG_SANDBOX_LIMITS = {
-        **settings.TOPDOG_SANDBOX_LIMITS,
-        "wall_seconds": 60,
-        "memory_bytes": 1024**3,
-    }
-    return settings
-
-
-@pytest.fixture
-def no_repository(project):
-    """The project has no repository: checks start from an empty tree."""
-    project.repository = ""
-    project.git_remote_url = ""
-    project.save()
-    return project
-
-
-def git(*args: str, cwd) -> str:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(cwd),
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "Seed",
-        "GIT_AUTHOR_EMAIL": "seed@example.com",
-        "GIT_COMMITTER_NAME": "Seed",
-        "GIT_COMMITTER_EMAIL": "seed@example.com",
-    }
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from tests.integrations.git_helpers import git
 
 
 @pytest.fixture

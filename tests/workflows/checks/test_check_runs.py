@@ -1,6 +1,9 @@
 """Test runs of a change set in the real bubblewrap sandbox, through the API."""
 
+import asyncio
+
 import pytest
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from tests.factories import MembershipFactory, UserFactory, api_token_for, evidence
@@ -11,8 +14,10 @@ from tests.workflows.checks.helpers import (
     workflow_in_implementation,
     workflow_in_testing,
 )
-from workflows.check_runs import check_run_execute
+from workflows.broadcast import workflow_group
+from workflows.check_runs import check_run_execute, check_run_request
 from workflows.models import CheckRun, WorkflowEvent
+from workflows.services import Actor
 
 pytestmark = pytest.mark.django_db
 
@@ -149,10 +154,6 @@ def test_cancel_stops_a_running_test(
 def test_output_streams_live_and_secrets_are_scrubbed(
     sandbox, no_repository, user, django_capture_on_commit_callbacks
 ):
-    from asgiref.sync import async_to_sync
-
-    from workflows.broadcast import workflow_group
-
     # given a project token that a test prints (a test cannot read it: it is written here)
     no_repository.github_token = "tok_live_abcdefghijklmnop1234"
     no_repository.save()
@@ -165,9 +166,6 @@ def test_output_streams_live_and_secrets_are_scrubbed(
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(workflow_group(workflow.id), channel)
-
-    from workflows.check_runs import check_run_request
-    from workflows.services import Actor
 
     check_run_request(workflow_id=workflow.id, actor=Actor.of(user))
     run = run_queued(workflow)
@@ -189,8 +187,6 @@ def test_output_streams_live_and_secrets_are_scrubbed(
 
 
 async def _receive(layer, channel):
-    import asyncio
-
     return await asyncio.wait_for(layer.receive(channel), timeout=0.5)
 
 
@@ -204,9 +200,6 @@ def test_setup_runs_once_per_set_of_dependency_files(sandbox, no_repository, use
     no_repository.save()
     files = change_set(**{"requirements.txt": "# none\n"})
     workflow = workflow_in_testing(no_repository, user, files)
-
-    from workflows.check_runs import check_run_request
-    from workflows.services import Actor
 
     # when the tests run twice with the same dependency files
     for _ in range(2):

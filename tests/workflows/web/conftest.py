@@ -48,7 +48,13 @@ def live_server_url(django_db_setup):
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "live-server.log"
     port = _free_port()
-    env = {**os.environ, "TOPDOG_SERVE_STATIC": "1", "PYTHONUNBUFFERED": "1"}
+    # The factory project names a GitHub repository that cannot be reached from here.
+    env = {
+        **os.environ,
+        "TOPDOG_SERVE_STATIC": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TOPDOG_SANDBOX": "off",
+    }
     with log.open("w") as output:
         process = subprocess.Popen(
             [

@@ -198,7 +198,7 @@ def test_workflow_page_query_count_does_not_grow_with_history(
         )
         complete(workflow, user, "IMPLEMENTATION")
 
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         response = browser.get(page_url(workflow))
 
     assert response.status_code == 200
@@ -218,15 +218,16 @@ def test_board_query_count_does_not_grow_with_workflows(
     assert len(response.context["summaries"]) == 6
 
 
-def test_workflow_record_is_six_queries_whatever_the_history(
+def test_workflow_record_is_seven_queries_whatever_the_history(
     regressed, user, django_assert_num_queries
 ):
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(7):
         record = workflow_record_get(user=user, workflow_id=regressed.id)
 
     assert [h.kind for h in record.handoffs] == ["forward", "forward", "forward", "regression"]
     assert len(record.events) == record.workflow.last_event_seq
     assert {c.role for c in record.role_contexts} >= {"Q_ASSISTANT", "TEST_AUDITOR"}
+    assert [c.kind for c in record.check_runs] == ["syntax"]
 
 
 def test_workflow_page_shows_usage_by_role_and_phase(client, project, user):
