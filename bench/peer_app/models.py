@@ -18,6 +18,9 @@ class PeerWorkflow(models.Model):
     state = FSMField(max_length=20, default=PHASES[0], protected=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    def __str__(self) -> str:
+        return f"peer workflow {self.pk} in {self.state}"
+
     @fsm_log_by
     @transition(field=state, source=list(PHASES), target=RETURN_VALUE(*NEXT.values()))
     def complete(self, by=None) -> str:
