@@ -305,7 +305,8 @@ def ratio_lines(results: dict) -> str:
         value = t.get("value", t.get("p50_ratio"))
         op = t.get("op", "<=")
         limit = t.get("limit", t.get("limit_p50_ratio"))
-        line = f"RATIO {name} {value:.3f} target {op} {limit:g} {'PASS' if t['passed'] else 'MISS'}"
+        shown = f"{limit:g}" if name.endswith("_ms") else f"{limit:.1f}"
+        line = f"RATIO {name} {value:.3f} target {op} {shown} {'PASS' if t['passed'] else 'MISS'}"
         if t.get("note"):
             line += f"  ({t['note']})"
         lines.append(line)
