@@ -9,7 +9,13 @@ import psycopg
 
 def tables(results: dict) -> str:
     """Every part's table, then one line of verdicts."""
-    makers = {"api": table, "ws": ws_table, "prompt": prompt_table}
+    makers = {
+        "api": table,
+        "ws": ws_table,
+        "prompt": prompt_table,
+        "peers": peers_table,
+        "sandbox": sandbox_table,
+    }
     blocks = [makers[part](results[part]) for part in results["parts"]]
     verdicts = ", ".join(
         f"{t['part']} {t['measured']}: {'PASS' if t['passed'] else 'MISS'}"
@@ -67,6 +73,8 @@ def table(results: dict) -> str:
         f"PostgreSQL {env['postgresql']}; daphne {env['daphne']}; Django {env['django']}; "
         f"Python {env['python']}; {env['cpus']} CPUs; cache and channel layer: {env['redis']}.",
         f"complete-phase: {results['complete_phase_move']}; status @ N: {results['scale_note']}.",
+        f"complete-phase over the one-insert floor (its floor before issue 11): "
+        f"{results['complete_phase_vs_floor_1insert']:.2f}x at p50.",
         "Targets compare p50. sql: statements sent to PostgreSQL per request, BEGIN and "
         f"COMMIT included. Client: {results['client']['kind']}, "
         f"{results['client']['connections_opened']} connection(s) opened. "
@@ -211,7 +219,8 @@ def prompt_table(results: dict) -> str:
     lines.append(rule)
     lines.append(
         "kept: history messages in the prompt; tokens: the builder's estimate of the prompt; "
-        "sql: statements per build. Ratios against the 10-message build of the same window; "
+        "sql: statements per build. Ratios against the 10-message build of the same window, "
+        "but 128k @ 10,000 against 128k @ 1,000 (both fill the window); "
         f"targets compare p50. Messages of {results['config']['min_chars']}-"
         f"{results['config']['max_chars']} characters. {results['duration_s']} s."
     )
@@ -221,3 +230,84 @@ def prompt_table(results: dict) -> str:
 def _load(env: dict) -> str:
     load = env.get("load_average_at_end")
     return "/".join(f"{x:.2f}" for x in load) if load else "unknown"
+
+
+def peers_table(results: dict) -> str:
+    """The peers part: one step of each, p50/p99, and what a step writes."""
+    from bench.peers import writes_summary
+
+    series = results["series"]
+    target = results["targets"][0]
+    header = (
+        f"{'peer':<16} {'steps':>5} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} | p50 ms by phase"
+    )
+    rule = "-" * 110
+    lines = [
+        "peers: one workflow step, interleaved step by step, in this process on the same "
+        "PostgreSQL",
+        rule,
+        header,
+        rule,
+    ]
+    for name, s in series.items():
+        phases = " ".join(f"{p[:4]} {v:.2f}" for p, v in s["p50_ms_by_phase"].items())
+        lines.append(
+            f"{name:<16} {s['n']:>5} {s['p50_ms']:>7.2f} {s['p90_ms']:>7.2f} "
+            f"{s['p99_ms']:>7.2f} | {phases}"
+        )
+    lines.append(rule)
+    lines += [writes_summary(name, s["writes"]) for name, s in series.items()]
+    lines.append(
+        f"TopDog/LangGraph p50 {target['p50_ratio']:.2f}x (p99 {target['p99_ratio']:.2f}x), "
+        f"target <= {target['limit_p50_ratio']:.1f}x: {'PASS' if target['passed'] else 'MISS'}; "
+        f"TopDog/django-fsm-log p50 {results['fsm_ratio_p50']:.2f}x (no target). TopDog's "
+        f"channel layer: {results['channel_layer']} ({results['environment']['redis']}); "
+        f"sandbox {results['environment']['sandbox']}. topdog: workflow_phase_complete with "
+        "the phase's example evidence, full audit (phase result, message, events, handoff, "
+        "role context; IMPLEMENTATION adds its static-check CheckRun), broadcast after the "
+        "commit. langgraph: graph.invoke(None, thread, durability='sync') running one node "
+        "(interrupt_after every node): reads the latest checkpoint, writes the node's writes "
+        "and the next checkpoint. django-fsm-log: select_for_update + complete(by=user) + "
+        f"save() + StateLog INSERT in one transaction. {results['duration_s']} s."
+    )
+    return "\n".join(lines)
+
+
+def sandbox_table(results: dict) -> str:
+    """The sandbox part: three measurements, each with its target."""
+    overhead, checks, cache = results["overhead"], results["static_checks"], results["cache"]
+    return "\n".join(
+        [
+            "sandbox: bubblewrap overhead, static checks, dependency cache",
+            "-" * 100,
+            f"pytest on two tiny tests, p50 of {overhead.get('runs', '?')} alternating runs: "
+            f"direct {overhead['direct_ms']:.0f} ms, bubblewrap {overhead['bwrap_ms']:.0f} ms: "
+            f"{overhead['ratio']:.2f}x, {overhead['delta_ms']:+.0f} ms (target <= 1.3x or "
+            "<= +150 ms).",
+            f"static checks of {checks['files']} files: p50 {checks['p50_ms']:.1f} ms, p90 "
+            f"{checks['p90_ms']:.1f} ms, max {checks['max_ms']:.1f} ms over {checks['runs']} "
+            "runs (target p50 < 50 ms).",
+            f"check_run_execute, {cache['pairs']} project(s): first run (fresh mirror, setup "
+            f"into /deps, tests) {cache['first_ms']:.0f} ms, second (warm mirror, cached "
+            f"/deps, tests) {cache['second_ms']:.0f} ms: {cache['speedup']:.1f}x faster "
+            f"(target >= 5x). Setup: {cache['setup_command']}; tests: {cache['test_command']}; "
+            f"tests each run: {cache['tests']}.",
+            f"{results['duration_s']} s.",
+        ]
+    )
+
+
+def ratio_lines(results: dict) -> str:
+    """One `RATIO <name> <value> target <op> <limit> PASS|MISS` line per target."""
+    lines = []
+    for t in results["targets"]:
+        name = t.get("ratio") or t["measured"]
+        value = t.get("value", t.get("p50_ratio"))
+        op = t.get("op", "<=")
+        limit = t.get("limit", t.get("limit_p50_ratio"))
+        shown = f"{limit:g}" if name.endswith("_ms") else f"{limit:.1f}"
+        line = f"RATIO {name} {value:.3f} target {op} {shown} {'PASS' if t['passed'] else 'MISS'}"
+        if t.get("note"):
+            line += f"  ({t['note']})"
+        lines.append(line)
+    return "\n".join(lines)

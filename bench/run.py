@@ -1,11 +1,11 @@
 """One command: TopDog's latency benchmarks, each beside a floor measured in the same run.
 
-    python bench/run.py [--only api,ws,prompt] [--quick] [--redis [URL]] [--ws-in-memory]
-                        [--keep-db] [--strict]
+    python bench/run.py [--only api,ws,prompt,peers,sandbox] [--quick] [--redis [URL]]
+                        [--ws-in-memory] [--keep-db] [--strict]
 
 Creates a fresh database on the local PostgreSQL, migrates it and seeds the bench user
 (with an API token) and its projects through the real services, then runs the parts
-asked for (all three by default), in this order:
+asked for (all five by default), in this order:
 
 api: the IDE endpoints beside bare-view floors (`bench/floors.py`).
   1. Seeds PLANNING workflows to read and more to complete, then copies up to 1,000
@@ -21,9 +21,18 @@ ws: transition commit to websocket receipt at 1, 50 and 500 clients on one daphn
   driver process (`bench/ws_driver.py`) commits and sends, interleaved in rounds.
 prompt: `prompt_request_build` with 10, 1,000 and 10,000 messages of history, for the
   default model's window and GPT4's, in this process (`bench/prompt.py`).
+peers: one workflow step of TopDog (`workflow_phase_complete`, channel layer on Redis)
+  beside LangGraph with PostgresSaver and django-fsm-2 + django-fsm-log, in this process,
+  interleaved step by step (`bench/peers.py`; needs requirements-bench.txt).
+sandbox: bubblewrap against a direct pytest run, the static checks of a 20-file change
+  set, and a project's second sandboxed test run (warm mirror, cached /deps) against its
+  first, through `check_run_execute` (`bench/sandbox.py`, `bench/static_checks.py`).
 
-Prints one table per part, writes bench/results/latest.json, stops daphne, drops the
-databases. Every number comes from the run; nothing is fixed in advance.
+Prints one table per part, then one `RATIO <name> <value> target <op> <limit> PASS|MISS`
+line per target, writes bench/results/latest.json, stops daphne, drops the databases.
+Every number comes from the run; nothing is fixed in advance. The bench process runs with
+TOPDOG_SANDBOX=off (unless set), so walking workflows never fetches a repository; the
+sandbox part switches to bubblewrap for itself.
 """
 
 import argparse
@@ -47,12 +56,13 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
-PARTS = ("api", "ws", "prompt")
+PARTS = ("api", "ws", "prompt", "peers", "sandbox")
 
 FLOOR_SELECT = "floor: select"
 FLOOR_WRITE = "floor: lock+update+insert"
+FLOOR_WRITE_2 = "floor: lock+update+2 inserts"
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ class Databases:
     main: str
     small: str  # the copy made at `small_rows` workflows
 
+    @property
+    def langgraph(self) -> str:  # the peers part's LangGraph checkpoints
+        return f"{self.main}_langgraph"
+
     def url(self, name: str) -> str:
         from bench.server import database_url
 
@@ -117,10 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     main_db = args.db_name or f"topdog_bench_{os.getpid()}"
     dbs = Databases(admin_url=args.admin_url, main=main_db, small=f"{main_db}_1k")
+    peers = "peers" in args.only
+    if peers:
+        _peers_check()
     env = {
         "DJANGO_SETTINGS_MODULE": args.settings,
         "DATABASE_URL": dbs.url(dbs.main),
-        "REDIS_URL": args.redis or "",
+        # The peers part runs TopDog in this process with the channel layer on Redis, as
+        # in production; the api part's servers keep --redis's choice (server_env below).
+        "REDIS_URL": args.redis or (DEFAULT_REDIS_URL if peers else ""),
+        "BENCH_PEERS": "1" if peers else "0",
+        "TOPDOG_SANDBOX": os.environ.get("TOPDOG_SANDBOX", "off"),
         "SECRET_KEY": secrets.token_urlsafe(50),
         "DEBUG": "0",
         "LOG_LEVEL": "WARNING",
@@ -135,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_db:
             cleanup.callback(_log, f"kept {dbs.url(dbs.main)} and {dbs.url(dbs.small)}")
         else:
-            cleanup.callback(_log, f"dropped databases {dbs.main} and {dbs.small}")
+            cleanup.callback(_log, f"dropped databases {dbs.main}, {dbs.small}, {dbs.langgraph}")
+            cleanup.callback(server.database_drop, dbs.admin_url, dbs.langgraph)
             cleanup.callback(server.database_drop, dbs.admin_url, dbs.small)
             cleanup.callback(server.database_drop, dbs.admin_url, dbs.main)
         cleanup.callback(_django_disconnect)
         _log(f"creating database {dbs.main}")
         server.database_create(dbs.admin_url, dbs.main)
         base = _setup()
-        server_env = {**os.environ, **env}
+        # The servers: no peer apps, and Redis only with --redis, as before.
+        server_env = {**os.environ, **env, "REDIS_URL": args.redis or "", "BENCH_PEERS": "0"}
         for part in args.only:
             started = time.monotonic()
             with ExitStack() as part_cleanup:  # this part's servers stop before the next
@@ -151,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                     found = _bench(config, dbs, base, server_env, args.app, part_cleanup)
                 elif part == "ws":
                     found = _bench_ws(args, dbs, base, server_env, part_cleanup)
-                else:
+                elif part == "prompt":
                     found = _bench_prompt(args, base)
+                elif part == "peers":
+                    found = _bench_peers(args, dbs, base)
+                else:
+                    found = _bench_sandbox(args, base)
             found["duration_s"] = round(time.monotonic() - started, 1)
             _log(f"{part}: done in {found['duration_s']} s")
             results[part] = found
@@ -166,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - began, 1)
 
     print(report.tables(results), flush=True)
+    print(report.ratio_lines(results), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -225,6 +253,7 @@ def _bench(
             ),
             FLOOR_SELECT: ("get", f"/bench/floor/select/{readers[0]}", None),
             FLOOR_WRITE: ("post", "/bench/floor/write", {"counter_id": 1}),
+            FLOOR_WRITE_2: ("post", "/bench/floor/write2", {"counter_id": 1}),
         },
     )
     seed.workflows_top_up(base=base, total=config.small_rows, template_id=readers[0])
@@ -282,10 +311,15 @@ def _bench(
         client,
         lambda i: ("POST", "/bench/floor/write", body({"counter_id": i % COUNTER_ROWS + 1})),
     )
+    floor_write_2 = Endpoint(
+        FLOOR_WRITE_2,
+        client,
+        lambda i: ("POST", "/bench/floor/write2", body({"counter_id": i % COUNTER_ROWS + 1})),
+    )
 
     # --- main stage ---------------------------------------------------------------------
     _log("warming up")
-    for endpoint in (floor_select, status, prompt, floor_write):
+    for endpoint in (floor_select, status, prompt, floor_write, floor_write_2):
         endpoint.run(config.warmup_reads, record=False)
     complete.run(config.warmup_completes, record=False)
     _log(
@@ -299,6 +333,7 @@ def _bench(
                 (status, config.reads),
                 (prompt, config.reads),
                 (floor_write, config.reads),
+                (floor_write_2, config.reads),
                 (complete, config.completes),
             ],
             batches=config.batches,
@@ -348,13 +383,18 @@ def _bench(
     baselines = {
         "status": FLOOR_SELECT,
         "get-ai-prompt": FLOOR_SELECT,
-        "complete-phase": FLOOR_WRITE,
+        "complete-phase": FLOOR_WRITE_2,
         small_status.name: small_floor.name,
         large_status.name: small_status.name,
     }
-    targets = [("complete-phase", 2.0), ("status", 1.5), (large_status.name, 1.2)]
+    # (ratio name, measured, limit of its p50 over its baseline's)
+    targets = [
+        ("complete_phase_vs_floor", "complete-phase", 2.0),
+        ("status_vs_floor", "status", 1.3),
+        ("status_100k_vs_1k", large_status.name, 1.2),
+    ]
     endpoints = [status, prompt, complete, small_status, large_status]
-    endpoints += [floor_select, floor_write, small_floor, large_floor]
+    endpoints += [floor_select, floor_write, floor_write_2, small_floor, large_floor]
     stats = {e.name: Stats.of(e.samples_ns) for e in endpoints}
     series = {}
     for name, s in stats.items():
@@ -382,7 +422,14 @@ def _bench(
         "scale_note": f"{small_label} from a copy of the database served by a second daphne, "
         "interleaved with the first",
         "series": series,
-        "targets": [_target(stats, name, baselines[name], limit) for name, limit in targets],
+        "targets": [
+            {"ratio": ratio, **_target(stats, name, baselines[name], limit)}
+            for ratio, name, limit in targets
+        ],
+        # complete-phase over the one-insert floor it was held to before, for comparison
+        "complete_phase_vs_floor_1insert": round(
+            stats["complete-phase"].p50_ms / stats[FLOOR_WRITE].p50_ms, 3
+        ),
         "sql": sql,
     }
 
@@ -482,6 +529,94 @@ def _bench_prompt(args: argparse.Namespace, base: "Base") -> dict:
     workflow_ids = prompt.seed(base=base, config=config)
     _log(f"prompt: {config.rounds} interleaved rounds of {len(workflow_ids)} builds")
     return prompt.run(config=config, workflow_ids=workflow_ids)
+
+
+def _peers_check() -> None:
+    from importlib.util import find_spec
+
+    missing = []
+    for name in ("langgraph.graph", "langgraph.checkpoint.postgres", "django_fsm_log"):
+        try:
+            found = find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise SystemExit(
+            f"bench: the peers part needs {', '.join(missing)}: pip install -r "
+            "requirements-bench.txt (./dev bench does), or leave peers out of --only"
+        )
+
+
+def _bench_peers(args: argparse.Namespace, dbs: Databases, base: "Base") -> dict:
+    """The peers part: TopDog, LangGraph and django-fsm-log steps, interleaved in process."""
+    from django.conf import settings
+
+    from bench import peers
+    from bench.server import database_create
+
+    redis_url = os.environ["REDIS_URL"]
+    _redis_check(redis_url)
+    if "Redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        raise SystemExit(f"bench: peers needs the channel layer on Redis ({redis_url})")
+    database_create(dbs.admin_url, dbs.langgraph)
+    config = peers.PeersConfig.quick() if args.quick else peers.PeersConfig.full()
+    _log(
+        f"peers: {config.warmup} + {config.workflows} workflows of six steps each for "
+        f"TopDog, LangGraph (PostgresSaver on {dbs.langgraph}) and django-fsm-log, "
+        "interleaved step by step"
+    )
+    found = peers.run(config=config, base=base, langgraph_url=dbs.url(dbs.langgraph))
+    found["environment"] = {"redis": redis_url, "sandbox": settings.TOPDOG_SANDBOX}
+    return found
+
+
+def _bench_sandbox(args: argparse.Namespace, base: "Base") -> dict:
+    """The sandbox part: bubblewrap's overhead, the static checks, the dependency cache."""
+    from bench import sandbox, static_checks
+
+    quick = args.quick
+    runs = 5 if quick else 11
+    _log(f"sandbox: {runs} alternating pytest runs, direct and in bubblewrap")
+    overhead = sandbox.bench_sandbox_overhead(runs=runs)
+    _log("sandbox: static checks of a 20-file change set")
+    checks = static_checks.bench_static_checks(runs=21 if quick else 51)
+    _log("sandbox: a project's first and second test run through check_run_execute")
+    cache = sandbox.bench_sandbox_cache(base=base, pairs=1 if quick else 2)
+    limits = sandbox.LIMITS
+    overhead_ok = overhead["ratio"] <= limits["ratio"] or overhead["delta_ms"] <= limits["delta_ms"]
+    targets = [
+        {
+            "ratio": "sandbox_vs_direct",
+            "measured": "bubblewrap pytest",
+            "baseline": "direct pytest",
+            "value": overhead["ratio"],
+            "op": "<=",
+            "limit": limits["ratio"],
+            "passed": overhead_ok,
+            "note": f"delta {overhead['delta_ms']:+.0f} ms, target <= +{limits['delta_ms']:.0f} "
+            "ms; PASS if either holds",
+        },
+        {
+            "ratio": "static_checks_20_files_ms",
+            "measured": "static checks, 20 files",
+            "value": checks["p50_ms"],
+            "op": "<",
+            "limit": limits["static_ms"],
+            "passed": checks["p50_ms"] < limits["static_ms"],
+        },
+        {
+            "ratio": "sandbox_cache_speedup",
+            "measured": "second test run",
+            "baseline": "first test run",
+            "value": cache["speedup"],
+            "op": ">=",
+            "limit": limits["cache_speedup"],
+            "passed": cache["speedup"] >= limits["cache_speedup"],
+        },
+    ]
+    return {"overhead": overhead, "static_checks": checks, "cache": cache, "targets": targets}
 
 
 def _workflows(count: int) -> str:

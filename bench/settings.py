@@ -5,9 +5,9 @@ but with a one-second window and a rate no sequential client reaches, so they ne
 429 and their per-user history stays as short as a real user's.
 """
 
-from topdog.env import env_str
+from topdog.env import env_bool, env_str
 from topdog.settings import *  # noqa: F403
-from topdog.settings import CACHES, CHANNEL_LAYERS, REDIS_URL, REST_FRAMEWORK
+from topdog.settings import CACHES, CHANNEL_LAYERS, INSTALLED_APPS, REDIS_URL, REST_FRAMEWORK
 
 # DEBUG would record every query in memory and slow the server down.
 DEBUG = False
@@ -32,3 +32,12 @@ if REDIS_URL:
             "CONFIG": {**CHANNEL_LAYERS["default"]["CONFIG"], "prefix": BENCH_REDIS_PREFIX},
         }
     }
+
+# The peers part (bench/peers.py) only: django-fsm-log and the bench's own FSM model, in
+# the bench process, never in the servers. django-fsm-log's receivers listen to every
+# django-fsm transition; TopDog's Workflow is on its ignore list, so TopDog's own steps
+# write no StateLog row.
+BENCH_PEERS = env_bool("BENCH_PEERS", False)
+if BENCH_PEERS:
+    INSTALLED_APPS = [*INSTALLED_APPS, "django_fsm_log", "bench.peer_app"]
+    DJANGO_FSM_LOG_IGNORED_MODELS = ["workflows.models.Workflow"]

@@ -544,6 +544,10 @@ def _target(name: str, app: dict, baseline: str, floor: dict, config: WsConfig) 
     ratio_p99 = app["p99_ms"] / floor["p99_ms"]
     clean = all(app[k] == 0 and floor[k] == 0 for k in ("lost", "duplicates", "out_of_order"))
     return {
+        "ratio": f"ws_{app['clients']}_clients_p99_vs_floor",
+        "value": round(ratio_p99, 3),
+        "op": "<=",
+        "limit": config.limit_p99_ratio,
         "measured": name,
         "baseline": baseline,
         "limit_p99_ratio": config.limit_p99_ratio,
