@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
 
-from topdog.crypto import EncryptedTextField
+from workflows.crypto import EncryptedTextField
 from workflows.states import (
     NEXT_STATE,
     PHASES,
