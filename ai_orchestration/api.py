@@ -9,12 +9,12 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ai_orchestration.accounting import workflow_usage
 from ai_orchestration.autopilot import autopilot_cancel, autopilot_start, run_summary
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
 from workflows.errors import WorkflowNotFound
+from workflows.selectors import workflow_usage
 from workflows.services import Actor
 
 

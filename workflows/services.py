@@ -24,11 +24,6 @@ from django.db import transaction
 from django.db.models import F
 from django_fsm import ConcurrentTransition
 
-from ai_orchestration.prompts import (
-    prompt_render,
-    prompt_template_active,
-    prompt_templates_active,
-)
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
     ActionForbidden,
@@ -53,6 +48,11 @@ from workflows.models import (
     RoleContext,
     Workflow,
     WorkflowEvent,
+)
+from workflows.prompts import (
+    prompt_render,
+    prompt_template_active,
+    prompt_templates_active,
 )
 from workflows.selectors import workflow_uuid
 from workflows.states import (
