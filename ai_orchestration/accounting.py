@@ -1,8 +1,13 @@
-"""What model calls cost, from the price table in settings."""
+"""What model calls cost (from the price table in settings), and the budget cap."""
 
 from decimal import Decimal
 
 from django.conf import settings
+
+from ai_orchestration.providers.base import ChatRequest, Completion
+from ai_orchestration.tokens import tokens_estimate
+from workflows.models import Workflow
+from workflows.services import CallUsage
 
 FREE_PROVIDERS = frozenset({"local", "offline"})
 MILLION = Decimal(1_000_000)
@@ -18,3 +23,49 @@ def call_cost(*, provider: str, model: str, input_tokens: int, output_tokens: in
     input_price, output_price = (Decimal(str(p)) for p in prices)
     cost = (input_price * input_tokens + output_price * output_tokens) / MILLION
     return cost.quantize(Decimal("0.000001"))
+
+
+def calls_usage(calls: list[Completion], prompt_version: str) -> CallUsage:
+    """What `calls` (one phase's model calls, the last one answering) used and cost."""
+    last = calls[-1]
+    return CallUsage(
+        provider=last.provider,
+        model=last.model,
+        prompt_version=prompt_version,
+        input_tokens=sum(c.usage.input_tokens for c in calls),
+        output_tokens=sum(c.usage.output_tokens for c in calls),
+        cost_usd=sum(
+            (
+                call_cost(
+                    provider=c.provider,
+                    model=c.model,
+                    input_tokens=c.usage.input_tokens,
+                    output_tokens=c.usage.output_tokens,
+                )
+                for c in calls
+            ),
+            Decimal(0),
+        ),
+    )
+
+
+def budget_stop_reason(
+    *, workflow: Workflow, provider_name: str, request: ChatRequest, input_estimate: int
+) -> str:
+    """Why the next call must not be made (it could exceed the project's budget); ""."""
+    budget = workflow.project.budget_usd
+    if budget is None:
+        return ""
+    worst = call_cost(
+        provider=provider_name,
+        model=request.model,
+        input_tokens=input_estimate
+        or tokens_estimate("".join(m.content for m in request.messages)),
+        output_tokens=request.max_tokens,
+    )
+    if workflow.cost_usd + worst > budget:
+        return (
+            f"budget: spent ${workflow.cost_usd:.4f} of ${budget:.4f}; the next "
+            f"{workflow.state} call could cost up to ${worst:.4f}"
+        )
+    return ""

@@ -3,7 +3,8 @@ first attempt goes back to IMPLEMENTATION with the real failures, the next one i
 
 import pytest
 
-from ai_orchestration.autopilot import autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import autopilot_step
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.context import prompt_request_build
 from ai_orchestration.models import AIRun
 from tests.factories import workflow_for

@@ -810,7 +810,8 @@ def test_prompt_templates_cannot_be_deleted(admin_client):
 def test_workflow_page_shows_usage_by_role_and_phase_and_runs_are_listed(
     admin_client, project, user
 ):
-    from ai_orchestration.autopilot import autopilot_start, autopilot_step
+    from ai_orchestration.autopilot.runner import autopilot_step
+    from ai_orchestration.autopilot.services import autopilot_start
     from workflows.services import Actor
 
     workflow = workflow_for(project, user)
