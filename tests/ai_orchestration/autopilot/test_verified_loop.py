@@ -15,6 +15,14 @@ from workflows.services import Actor
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _heartbeat_after_the_step(settings):
+    """The heartbeat's own connection cannot see the run inside the test's transaction, so
+    a beat during a sandboxed step (slow on a loaded machine) would count the lease as
+    lost; here it beats only after any step."""
+    settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = 120
+
+
 def run_to_end(run_id) -> None:
     for _ in range(50):
         if not autopilot_step(run_id=run_id, worker_id="test-worker"):
