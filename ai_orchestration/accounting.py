@@ -1,11 +1,13 @@
-"""What model calls cost, and usage totals per workflow, role and phase."""
+"""What model calls cost (from the price table in settings), and the budget cap."""
 
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Sum
 
-from workflows.models import Message, Workflow
+from ai_orchestration.providers.base import ChatRequest, Completion
+from ai_orchestration.tokens import tokens_estimate
+from workflows.models import Workflow
+from workflows.services import CallUsage
 
 FREE_PROVIDERS = frozenset({"local", "offline"})
 MILLION = Decimal(1_000_000)
@@ -23,37 +25,47 @@ def call_cost(*, provider: str, model: str, input_tokens: int, output_tokens: in
     return cost.quantize(Decimal("0.000001"))
 
 
-def workflow_usage(*, workflow: Workflow) -> dict:
-    """Tokens and cost in total, by role and by phase (from the stored messages)."""
-    rows = (
-        Message.objects.filter(workflow=workflow)
-        .exclude(input_tokens=0, output_tokens=0)
-        .values("role", "phase")
-        .annotate(
-            calls=Count("id"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cost_usd=Sum("cost_usd"),
-        )
-        .order_by("role", "phase")
+def calls_usage(calls: list[Completion], prompt_version: str) -> CallUsage:
+    """What `calls` (one phase's model calls, the last one answering) used and cost."""
+    last = calls[-1]
+    return CallUsage(
+        provider=last.provider,
+        model=last.model,
+        prompt_version=prompt_version,
+        input_tokens=sum(c.usage.input_tokens for c in calls),
+        output_tokens=sum(c.usage.output_tokens for c in calls),
+        cost_usd=sum(
+            (
+                call_cost(
+                    provider=c.provider,
+                    model=c.model,
+                    input_tokens=c.usage.input_tokens,
+                    output_tokens=c.usage.output_tokens,
+                )
+                for c in calls
+            ),
+            Decimal(0),
+        ),
     )
-    by_role: dict[str, dict] = {}
-    by_phase: dict[str, dict] = {}
-    for row in rows:
-        for bucket, key in ((by_role, row["role"]), (by_phase, row["phase"])):
-            totals = bucket.setdefault(
-                key, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": Decimal(0)}
-            )
-            totals["calls"] += row["calls"]
-            totals["input_tokens"] += row["input_tokens"]
-            totals["output_tokens"] += row["output_tokens"]
-            totals["cost_usd"] += row["cost_usd"]
-    return {
-        "total": {
-            "input_tokens": workflow.input_tokens,
-            "output_tokens": workflow.output_tokens,
-            "cost_usd": workflow.cost_usd,
-        },
-        "by_role": by_role,
-        "by_phase": by_phase,
-    }
+
+
+def budget_stop_reason(
+    *, workflow: Workflow, provider_name: str, request: ChatRequest, input_estimate: int
+) -> str:
+    """Why the next call must not be made (it could exceed the project's budget); ""."""
+    budget = workflow.project.budget_usd
+    if budget is None:
+        return ""
+    worst = call_cost(
+        provider=provider_name,
+        model=request.model,
+        input_tokens=input_estimate
+        or tokens_estimate("".join(m.content for m in request.messages)),
+        output_tokens=request.max_tokens,
+    )
+    if workflow.cost_usd + worst > budget:
+        return (
+            f"budget: spent ${workflow.cost_usd:.4f} of ${budget:.4f}; the next "
+            f"{workflow.state} call could cost up to ${worst:.4f}"
+        )
+    return ""

@@ -1,6 +1,5 @@
-"""REST endpoints of the autopilot: a workflow's runs and its usage."""
+"""REST endpoints of the AI layer: the IDE's get-ai-prompt, a workflow's runs and usage."""
 
-import uuid
 from decimal import Decimal
 
 from django.conf import settings
@@ -9,13 +8,41 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ai_orchestration.accounting import workflow_usage
-from ai_orchestration.autopilot import autopilot_cancel, autopilot_start, run_summary
+from ai_orchestration.autopilot.frames import run_summary
+from ai_orchestration.autopilot.selectors import (
+    run_get,
+    run_get_for_workflow,
+    run_list_for_workflow,
+)
+from ai_orchestration.autopilot.services import autopilot_cancel, autopilot_start
+from ai_orchestration.context import prompt_request_build
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
-from workflows.errors import WorkflowNotFound
-from workflows.services import Actor
+from workflows.errors import TransitionConflict
+from workflows.selectors import workflow_usage
+from workflows.services import Actor, available_transitions
+
+
+class GetAiPromptApi(ApiView):
+    class GetAiPromptOutputSerializer(serializers.Serializer):
+        model = serializers.CharField()
+        messages = serializers.ListField(child=serializers.DictField())
+        temperature = serializers.FloatField()
+        max_tokens = serializers.IntegerField()
+
+    @extend_schema(request=None, responses=GetAiPromptOutputSerializer)
+    def post(self, request: Request, workflow_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        if workflow.is_terminal or workflow.awaiting_approval:
+            waiting = "awaiting approval" if workflow.awaiting_approval else "finished"
+            raise TransitionConflict(
+                f"workflow is in {workflow.state} ({waiting}); there is no prompt to send",
+                current_state=workflow.state,
+                allowed=available_transitions(workflow, workflow.member_role),
+            )
+        prompt = prompt_request_build(workflow=workflow)
+        return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)
 
 
 class RunOutputSerializer(serializers.Serializer):
@@ -52,7 +79,7 @@ class WorkflowRunListApi(ApiView):
     @extend_schema(responses=RunOutputSerializer(many=True))
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        runs = AIRun.objects.filter(workflow=workflow).order_by("-created_at")[:100]
+        runs = run_list_for_workflow(workflow=workflow)
         return Response({"results": [run_summary(run) for run in runs]})
 
     @extend_schema(request=RunStartSerializer, responses={202: RunOutputSerializer})
@@ -65,7 +92,7 @@ class WorkflowRunListApi(ApiView):
             scope=serializer.validated_data["scope"],
             model_name=serializer.validated_data.get("model", ""),
         )
-        run.refresh_from_db()
+        run = run_get(run_id=run.id)
         return Response(run_summary(run), status=status.HTTP_202_ACCEPTED)
 
 
@@ -73,10 +100,9 @@ class WorkflowRunCancelApi(ApiView):
     @extend_schema(request=None, responses=RunOutputSerializer)
     def post(self, request: Request, workflow_id: str, run_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        if not AIRun.objects.filter(pk=_uuid_or_404(run_id), workflow=workflow).exists():
-            raise WorkflowNotFound("run not found")
-        run = autopilot_cancel(run_id=run_id, actor=Actor.of(request.user))
-        run.refresh_from_db()
+        run = run_get_for_workflow(workflow=workflow, run_id=run_id)
+        run = autopilot_cancel(run_id=run.id, actor=Actor.of(request.user))
+        run = run_get(run_id=run.id)
         return Response(run_summary(run))
 
 
@@ -86,13 +112,6 @@ class WorkflowUsageApi(ApiView):
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         usage = workflow_usage(workflow=workflow)
         return Response(_stringify_money(usage))
-
-
-def _uuid_or_404(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError as exc:
-        raise WorkflowNotFound("run not found") from exc
 
 
 def _stringify_money(value: object) -> object:

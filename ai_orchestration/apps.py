@@ -1,7 +1,17 @@
 from django.apps import AppConfig
 
+from workflows.listeners import transition_listener_register
+
 
 class AiOrchestrationConfig(AppConfig):
     name = "ai_orchestration"
     verbose_name = "AI orchestration"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Follow the core's committed transitions (approve/reject wake a waiting run;
+        cancel/fail end it) through the listener registry of `workflows.listeners`."""
+        # Imported here, from this app only: models load once the app registry is ready.
+        from ai_orchestration.autopilot.services import autopilot_transition_follow
+
+        transition_listener_register(autopilot_transition_follow)

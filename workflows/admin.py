@@ -25,6 +25,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django_fsm import ConcurrentTransition
 
+from workflows.admin_prompts import PromptTemplateAdmin  # noqa: F401 (registers it)
 from workflows.errors import ActionForbidden, TransitionConflict, WorkflowNotFound
 from workflows.models import (
     ApiToken,
@@ -37,7 +38,7 @@ from workflows.models import (
     Workflow,
     WorkflowEvent,
 )
-from workflows.selectors import workflow_testing_result
+from workflows.selectors import workflow_testing_result, workflow_usage
 from workflows.services import (
     Actor,
     TransitionOutcome,
@@ -461,8 +462,6 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     @admin.display(description="by role and phase")
     def usage_breakdown(self, obj: Workflow) -> str:
-        from ai_orchestration.accounting import workflow_usage
-
         usage = workflow_usage(workflow=obj)
         rows = [
             (f"{kind}: {key}", t["calls"], t["input_tokens"], t["output_tokens"], t["cost_usd"])

@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
 
-from topdog.crypto import EncryptedTextField
+from workflows.crypto import EncryptedTextField
 from workflows.states import (
     NEXT_STATE,
     PHASES,
@@ -402,6 +402,44 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
         self._enter(State.FAILED)
 
 
+class PromptTemplate(models.Model):
+    """A role's system prompt, versioned: every edit is a new version; old ones stay.
+
+    The table keeps the name it had when the AI layer owned the model, so moving the
+    model into the core moved no data."""
+
+    role = models.CharField(max_length=30, choices=Role.choices)
+    version = models.PositiveIntegerField()
+    body = models.TextField(
+        help_text="System prompt. Placeholders: $role, $state, $project, $repository, "
+        "$requirements, $evidence_schema."
+    )
+    sha256 = models.CharField(max_length=64, editable=False)
+    active = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "ai_orchestration_prompttemplate"
+        ordering = ["role", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["role", "version"], name="prompt_unique_version"),
+            models.UniqueConstraint(
+                fields=["role"], condition=models.Q(active=True), name="prompt_one_active_per_role"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} v{self.version}{' (active)' if self.active else ''}"
+
+    @staticmethod
+    def digest(body: str) -> str:
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
 class RoleContext(models.Model):
     """What a role works with in one workflow: its rendered system prompt and settings."""
 
@@ -412,7 +450,7 @@ class RoleContext(models.Model):
     role = models.CharField(max_length=30, choices=Role.choices)
     system_prompt = models.TextField()
     prompt_template = models.ForeignKey(
-        "ai_orchestration.PromptTemplate", null=True, on_delete=models.SET_NULL, related_name="+"
+        "PromptTemplate", null=True, on_delete=models.SET_NULL, related_name="+"
     )
     prompt_version = models.CharField(max_length=64, help_text="sha256 of the template body.")
     model_settings = models.JSONField(default=dict)

@@ -1,10 +1,11 @@
 """Reads. Each selector scopes to what the user may see and owns its query shape."""
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import F, QuerySet
+from django.db.models import Count, F, QuerySet, Sum
 
 from workflows.broadcast import event_frame, workflow_summary
 from workflows.errors import ProjectNotFound, WorkflowNotFound
@@ -177,3 +178,39 @@ def workflow_testing_result(*, workflow: Workflow) -> dict | None:
         .first()
     )
     return found
+
+
+def workflow_usage(*, workflow: Workflow) -> dict:
+    """Tokens and cost in total, by role and by phase (from the stored messages)."""
+    rows = (
+        Message.objects.filter(workflow=workflow)
+        .exclude(input_tokens=0, output_tokens=0)
+        .values("role", "phase")
+        .annotate(
+            calls=Count("id"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost_usd=Sum("cost_usd"),
+        )
+        .order_by("role", "phase")
+    )
+    by_role: dict[str, dict] = {}
+    by_phase: dict[str, dict] = {}
+    for row in rows:
+        for bucket, key in ((by_role, row["role"]), (by_phase, row["phase"])):
+            totals = bucket.setdefault(
+                key, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": Decimal(0)}
+            )
+            totals["calls"] += row["calls"]
+            totals["input_tokens"] += row["input_tokens"]
+            totals["output_tokens"] += row["output_tokens"]
+            totals["cost_usd"] += row["cost_usd"]
+    return {
+        "total": {
+            "input_tokens": workflow.input_tokens,
+            "output_tokens": workflow.output_tokens,
+            "cost_usd": workflow.cost_usd,
+        },
+        "by_role": by_role,
+        "by_phase": by_phase,
+    }

@@ -4,7 +4,8 @@ Every transition goes through one runner, `_transition_run`: lock the workflow r
 (`select_for_update`; SQLite takes its write lock at BEGIN IMMEDIATE), check what the
 caller asked against the state it finds, change the workflow in memory, then write the
 state change together with exactly one Handoff and the next gapless WorkflowEvents, and
-only after commit broadcast them. Either all of that commits or none of it does.
+only after commit broadcast them and announce the transition to the registered
+listeners (`workflows.listeners`). Either all of that commits or none of it does.
 
 What a phase result leads to (advance, hold at a gate, regress, fail at the regression
 limit) is decided by `phase_outcome_decide`, a pure function of the evidence and the
@@ -24,11 +25,6 @@ from django.db import transaction
 from django.db.models import F
 from django_fsm import ConcurrentTransition
 
-from ai_orchestration.prompts import (
-    prompt_render,
-    prompt_template_active,
-    prompt_templates_active,
-)
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
     ActionForbidden,
@@ -44,6 +40,7 @@ from workflows.evidence import (
     findings_feedback,
     sha256_text,
 )
+from workflows.listeners import TransitionCommitted, transition_committed_announce
 from workflows.models import (
     Handoff,
     Membership,
@@ -53,6 +50,11 @@ from workflows.models import (
     RoleContext,
     Workflow,
     WorkflowEvent,
+)
+from workflows.prompts import (
+    prompt_render,
+    prompt_template_active,
+    prompt_templates_active,
 )
 from workflows.selectors import workflow_uuid
 from workflows.states import (
@@ -281,7 +283,6 @@ class _Change:
     handoff: Handoff | None = None
     phase_result: PhaseResult | None = None
     messages: list[Message] = field(default_factory=list)
-    after_commit: Callable[[], None] | None = None
 
 
 # Changes the locked workflow (with the caller's project role) and says what it did.
@@ -297,7 +298,7 @@ def _transition_run(
     expected_state: str | None = None,
 ) -> TransitionOutcome:
     """Lock → check → change → write (workflow, handoff, events) → on commit: broadcast
-    and `after_commit`. All of it in one transaction."""
+    and announce the transition to the listeners. All of it in one transaction."""
     with transaction.atomic():
         workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
         if expected_state is not None:
@@ -306,8 +307,15 @@ def _transition_run(
         previous = workflow.state
         change = apply(workflow, member_role)
         _write(workflow, change, locked_state=previous)
-        if change.after_commit is not None:
-            transaction.on_commit(change.after_commit, robust=True)
+        fact = TransitionCommitted(
+            workflow_id=workflow.id,
+            kind=wanted,
+            from_state=previous,
+            to_state=workflow.state,
+            awaiting_approval=workflow.awaiting_approval,
+            actor_name=actor.name,
+        )
+        transaction.on_commit(partial(transition_committed_announce, fact), robust=True)
     return TransitionOutcome(workflow, previous, change.handoff, change.phase_result)
 
 
@@ -723,8 +731,7 @@ def workflow_approve(*, workflow_id: Any, actor: Actor, comment: str = "") -> Tr
             summary=evidence_summary(phase=previous, result=pending.result),
             phase_result=pending,
         )
-        resume = partial(_autopilot_resume, workflow.id)
-        return _Change([event], handoff, pending, after_commit=resume)
+        return _Change([event], handoff, pending)
 
     return _transition_run(
         workflow_id=workflow_id, actor=actor, wanted=Transition.APPROVE, apply=apply
@@ -749,8 +756,7 @@ def workflow_reject(*, workflow_id: Any, actor: Actor, feedback: str) -> Transit
             summary=f"{previous} result rejected: {feedback}",
             phase_result=pending,
         )
-        resume = partial(_autopilot_resume, workflow.id)
-        return _Change([event], handoff, pending, after_commit=resume)
+        return _Change([event], handoff, pending)
 
     return _transition_run(
         workflow_id=workflow_id, actor=actor, wanted=Transition.REJECT, apply=apply
@@ -769,12 +775,6 @@ def _pending_result_settle(workflow: Workflow, status: str) -> PhaseResult:
     pending.status = status
     pending.save(update_fields=["status"])
     return pending
-
-
-def _autopilot_resume(workflow_id: Any) -> None:
-    from ai_orchestration.autopilot import autopilot_resume_after_approval
-
-    autopilot_resume_after_approval(workflow_id=workflow_id)
 
 
 def workflow_cancel(*, workflow_id: Any, actor: Actor, reason: str = "") -> TransitionOutcome:
@@ -803,13 +803,6 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
         handoff, event = _handoff(
             workflow, actor, kind=kind, from_state=previous, from_role=role, reason=reason
         )
-        stop = partial(_autopilot_stop, workflow.id)
-        return _Change([event], handoff, after_commit=stop)
+        return _Change([event], handoff)
 
     return _transition_run(workflow_id=workflow_id, actor=actor, wanted=wanted, apply=apply)
-
-
-def _autopilot_stop(workflow_id: Any) -> None:
-    from ai_orchestration.autopilot import autopilot_stop_for_workflow
-
-    autopilot_stop_for_workflow(workflow_id=workflow_id)

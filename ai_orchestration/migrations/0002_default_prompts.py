@@ -4,7 +4,7 @@ import hashlib
 
 from django.db import migrations
 
-from ai_orchestration.default_prompts import DEFAULT_PROMPTS
+from workflows.default_prompts import DEFAULT_PROMPTS
 
 
 def load(apps, schema_editor):

@@ -9,7 +9,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection
 
-from ai_orchestration.autopilot import autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import autopilot_step
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.factories import evidence, workflow_for
 from tests.integrations.conftest import TOKEN

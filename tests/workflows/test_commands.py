@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError, OutputWrapper
 
+from ai_orchestration.management.commands import serve
+from ai_orchestration.management.commands.serve import TaskWorker, bootstrap_demo
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_token_for
-from workflows.management.commands import serve
-from workflows.management.commands.serve import TaskWorker, bootstrap_demo
 from workflows.models import ApiToken, Membership, Project
 from workflows.states import MemberRole, State
 

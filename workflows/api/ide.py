@@ -1,4 +1,4 @@
-"""The IDE contract of DESIGN.md: initialize, complete-phase, status, get-ai-prompt."""
+"""The IDE contract: initialize, complete-phase, status (get-ai-prompt: ai_orchestration.api)."""
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
@@ -6,13 +6,10 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ai_orchestration.context import prompt_request_build
 from workflows import selectors
 from workflows.api.base import ApiView, next_action, validated_data
-from workflows.errors import TransitionConflict
 from workflows.services import (
     Actor,
-    available_transitions,
     workflow_initialize,
     workflow_phase_complete,
 )
@@ -132,24 +129,3 @@ class StatusApi(ApiView):
         # The IDE polls this: the selector returns the body ready-made (the serializer
         # above documents it for OpenAPI).
         return Response(selectors.workflow_status_get(user=request.user, workflow_id=workflow_id))
-
-
-class GetAiPromptApi(ApiView):
-    class GetAiPromptOutputSerializer(serializers.Serializer):
-        model = serializers.CharField()
-        messages = serializers.ListField(child=serializers.DictField())
-        temperature = serializers.FloatField()
-        max_tokens = serializers.IntegerField()
-
-    @extend_schema(request=None, responses=GetAiPromptOutputSerializer)
-    def post(self, request: Request, workflow_id: str) -> Response:
-        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        if workflow.is_terminal or workflow.awaiting_approval:
-            waiting = "awaiting approval" if workflow.awaiting_approval else "finished"
-            raise TransitionConflict(
-                f"workflow is in {workflow.state} ({waiting}); there is no prompt to send",
-                current_state=workflow.state,
-                allowed=available_transitions(workflow, workflow.member_role),
-            )
-        prompt = prompt_request_build(workflow=workflow)
-        return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)

@@ -1,20 +1,12 @@
 from django.urls import path
 
-from ai_orchestration import api as autopilot_api
 from workflows.api import checks, health, ide, resources
 
-app_name = "api"
-
 urlpatterns = [
-    # The IDE contract (DESIGN.md): exact paths, no trailing slash.
+    # The IDE contract: exact paths, no trailing slash (get-ai-prompt: ai_orchestration.urls).
     path("ai-workflows/initialize", ide.InitializeApi.as_view(), name="ide-initialize"),
     path("ai-workflows/complete-phase", ide.CompletePhaseApi.as_view(), name="ide-complete-phase"),
     path("ai-workflows/status/<str:workflow_id>", ide.StatusApi.as_view(), name="ide-status"),
-    path(
-        "ai-workflows/get-ai-prompt/<str:workflow_id>",
-        ide.GetAiPromptApi.as_view(),
-        name="ide-get-ai-prompt",
-    ),
     # Resources.
     path("projects/", resources.ProjectListApi.as_view(), name="project-list"),
     path(
@@ -55,21 +47,6 @@ urlpatterns = [
         "workflows/<str:workflow_id>/phase-results/",
         resources.WorkflowPhaseResultListApi.as_view(),
         name="workflow-phase-results",
-    ),
-    path(
-        "workflows/<str:workflow_id>/runs/",
-        autopilot_api.WorkflowRunListApi.as_view(),
-        name="workflow-runs",
-    ),
-    path(
-        "workflows/<str:workflow_id>/runs/<str:run_id>/cancel/",
-        autopilot_api.WorkflowRunCancelApi.as_view(),
-        name="workflow-run-cancel",
-    ),
-    path(
-        "workflows/<str:workflow_id>/usage/",
-        autopilot_api.WorkflowUsageApi.as_view(),
-        name="workflow-usage",
     ),
     path(
         "workflows/<str:workflow_id>/release/",

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from ai_orchestration.autopilot import autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import autopilot_step
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.ai_orchestration.fakes import cut_after, hang, ok, status
 from tests.factories import evidence, workflow_for

@@ -13,11 +13,11 @@ from concurrent.futures import Future
 
 import pytest
 
-from ai_orchestration.autopilot import autopilot_start
+from ai_orchestration import inprocess_worker
+from ai_orchestration.autopilot.services import autopilot_start
+from ai_orchestration.inprocess_worker import Reaper, worker_run
 from tests.factories import api_token_for, workflow_for
 from tests.workflows.consumers.conftest import communicator
-from topdog import inprocess_worker
-from topdog.inprocess_worker import Reaper, worker_run
 from workflows.models import Workflow
 from workflows.services import Actor
 

@@ -3,7 +3,8 @@
 import pytest
 from channels.layers import get_channel_layer
 
-from ai_orchestration.autopilot import autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import autopilot_step
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.factories import workflow_for
 from workflows.broadcast import workflow_group

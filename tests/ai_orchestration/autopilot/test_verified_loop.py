@@ -3,7 +3,8 @@ first attempt goes back to IMPLEMENTATION with the real failures, the next one i
 
 import pytest
 
-from ai_orchestration.autopilot import autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import autopilot_step
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.context import prompt_request_build
 from ai_orchestration.models import AIRun
 from tests.factories import workflow_for
@@ -12,6 +13,14 @@ from workflows.models import CheckRun, Handoff, PhaseResult
 from workflows.services import Actor
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _heartbeat_after_the_step(settings):
+    """The heartbeat's own connection cannot see the run inside the test's transaction, so
+    a beat during a sandboxed step (slow on a loaded machine) would count the lease as
+    lost; here it beats only after any step."""
+    settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = 120
 
 
 def run_to_end(run_id) -> None:

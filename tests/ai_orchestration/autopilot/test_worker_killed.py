@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from ai_orchestration.autopilot import autopilot_start
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.factories import workflow_for
 from workflows.models import PhaseResult, Workflow

@@ -9,7 +9,6 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from ai_orchestration.models import PromptTemplate
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, evidence, workflow_for
 from workflows.models import (
     ApiToken,
@@ -18,6 +17,7 @@ from workflows.models import (
     Membership,
     Message,
     PhaseResult,
+    PromptTemplate,
     WorkflowEvent,
 )
 from workflows.services import Actor, workflow_phase_complete
@@ -639,7 +639,7 @@ def test_settings_add_pages_render(admin_client):
     for name in (
         "workflows_project_add",
         "workflows_apitoken_add",
-        "ai_orchestration_prompttemplate_add",
+        "workflows_prompttemplate_add",
     ):
         assert admin_client.get(reverse(f"admin:{name}")).status_code == 200, name
 
@@ -729,15 +729,13 @@ def test_editing_a_prompt_template_publishes_a_new_version(admin_client, admin_u
     before = {f.attname: getattr(v1, f.attname) for f in PromptTemplate._meta.concrete_fields}
 
     response = admin_client.post(
-        reverse("admin:ai_orchestration_prompttemplate_change", args=[v1.pk]),
+        reverse("admin:workflows_prompttemplate_change", args=[v1.pk]),
         {"body": "You write code for $project.", "note": "shorter", "_continue": "1"},
     )
 
     v2 = PromptTemplate.objects.get(role=Role.CODE_WRITER, version=2)
     assert response.status_code == 302
-    assert response["Location"] == reverse(
-        "admin:ai_orchestration_prompttemplate_change", args=[v2.pk]
-    )
+    assert response["Location"] == reverse("admin:workflows_prompttemplate_change", args=[v2.pk])
     assert (v2.body, v2.active, v2.note, v2.created_by) == (
         "You write code for $project.",
         True,
@@ -754,9 +752,7 @@ def test_editing_a_prompt_template_publishes_a_new_version(admin_client, admin_u
 def test_change_form_says_that_saving_publishes(admin_client):
     v1 = PromptTemplate.objects.get(role=Role.CODE_WRITER, version=1)
 
-    response = admin_client.get(
-        reverse("admin:ai_orchestration_prompttemplate_change", args=[v1.pk])
-    )
+    response = admin_client.get(reverse("admin:workflows_prompttemplate_change", args=[v1.pk]))
 
     assert response.status_code == 200
     assert "publishes this text as a new version" in response.content.decode()
@@ -766,7 +762,7 @@ def test_saving_an_unchanged_active_template_publishes_nothing(admin_client):
     v1 = PromptTemplate.objects.get(role=Role.TEST_AUDITOR, version=1)
 
     admin_client.post(
-        reverse("admin:ai_orchestration_prompttemplate_change", args=[v1.pk]),
+        reverse("admin:workflows_prompttemplate_change", args=[v1.pk]),
         {"body": v1.body, "note": ""},
     )
 
@@ -777,7 +773,7 @@ def test_saving_an_unchanged_active_template_publishes_nothing(admin_client):
 
 def test_saving_an_old_version_republishes_it(admin_client, admin_user):
     v1 = PromptTemplate.objects.get(role=Role.RELEASE_MANAGER, version=1)
-    url = reverse("admin:ai_orchestration_prompttemplate_change", args=[v1.pk])
+    url = reverse("admin:workflows_prompttemplate_change", args=[v1.pk])
     admin_client.post(url, {"body": "something else", "note": "try"})
 
     admin_client.post(url, {"body": v1.body, "note": "roll back"})
@@ -788,7 +784,7 @@ def test_saving_an_old_version_republishes_it(admin_client, admin_user):
 
 def test_adding_a_prompt_template_publishes_the_next_version(admin_client):
     response = admin_client.post(
-        reverse("admin:ai_orchestration_prompttemplate_add"),
+        reverse("admin:workflows_prompttemplate_add"),
         {"role": Role.Q_ASSISTANT, "body": "Ask good questions.", "note": "new"},
     )
 
@@ -801,9 +797,9 @@ def test_prompt_templates_cannot_be_deleted(admin_client):
     v1 = PromptTemplate.objects.get(role=Role.CODE_WRITER, version=1)
 
     response = admin_client.post(
-        reverse("admin:ai_orchestration_prompttemplate_delete", args=[v1.pk]), {"post": "yes"}
+        reverse("admin:workflows_prompttemplate_delete", args=[v1.pk]), {"post": "yes"}
     )
-    changelist = admin_client.get(reverse("admin:ai_orchestration_prompttemplate_changelist"))
+    changelist = admin_client.get(reverse("admin:workflows_prompttemplate_changelist"))
 
     assert response.status_code == 403
     assert PromptTemplate.objects.filter(pk=v1.pk).exists()
@@ -814,7 +810,8 @@ def test_prompt_templates_cannot_be_deleted(admin_client):
 def test_workflow_page_shows_usage_by_role_and_phase_and_runs_are_listed(
     admin_client, project, user
 ):
-    from ai_orchestration.autopilot import autopilot_start, autopilot_step
+    from ai_orchestration.autopilot.runner import autopilot_step
+    from ai_orchestration.autopilot.services import autopilot_start
     from workflows.services import Actor
 
     workflow = workflow_for(project, user)

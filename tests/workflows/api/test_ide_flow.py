@@ -1,4 +1,4 @@
-"""The IDE contract of DESIGN.md, over HTTP, end to end."""
+"""The IDE contract (initialize, get-ai-prompt, complete-phase, status), over HTTP, end to end."""
 
 import pytest
 

@@ -17,11 +17,10 @@ from collections.abc import Callable
 import pytest
 from django.db import connection
 
-from ai_orchestration.default_prompts import DEFAULT_PROMPTS
-from ai_orchestration.models import PromptTemplate
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, evidence, workflow_for
+from workflows.default_prompts import DEFAULT_PROMPTS
 from workflows.errors import TransitionConflict
-from workflows.models import Handoff, Message, PhaseResult, Workflow, WorkflowEvent
+from workflows.models import Handoff, Message, PhaseResult, PromptTemplate, Workflow, WorkflowEvent
 from workflows.services import (
     Actor,
     workflow_cancel,

@@ -10,10 +10,9 @@ import pytest
 from django.conf import settings
 
 from ai_orchestration.context import prompt_request_build
-from ai_orchestration.models import PromptTemplate
-from ai_orchestration.prompts import prompt_template_active, prompt_template_publish
 from tests.factories import MembershipFactory, ProjectFactory, evidence, workflow_for
-from workflows.models import RoleContext, Workflow
+from workflows.models import PromptTemplate, RoleContext, Workflow
+from workflows.prompts import prompt_template_active, prompt_template_publish
 from workflows.services import (
     Actor,
     workflow_phase_complete,

@@ -1,7 +1,8 @@
 """Every (state, transition) pair of the workflow state machine, driven through the services.
 
 States are reached by calling the real services, never by writing the protected state
-field. The expected outcomes below are written out by hand from DESIGN.md, so a change
+field. The expected outcomes below are written out by hand from the designed state machine
+(workflows/states.py; docs/architecture.md, "Where to add a phase"), so a change
 to the FSM that the design does not allow fails here.
 """
 

@@ -231,7 +231,8 @@ def test_workflow_record_is_seven_queries_whatever_the_history(
 
 
 def test_workflow_page_shows_usage_by_role_and_phase(client, project, user):
-    from ai_orchestration.autopilot import autopilot_start, autopilot_step
+    from ai_orchestration.autopilot.runner import autopilot_step
+    from ai_orchestration.autopilot.services import autopilot_start
     from tests.factories import workflow_for
     from workflows.services import Actor
 

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 from django.db.models import Max, QuerySet
 
-from ai_orchestration.default_prompts import DEFAULT_PROMPTS
-from ai_orchestration.models import PromptTemplate
+from workflows.default_prompts import DEFAULT_PROMPTS
 from workflows.evidence import evidence_example_text
+from workflows.models import PromptTemplate, Workflow
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
-
-    from workflows.models import Workflow
 
 
 def prompt_templates_active() -> QuerySet[PromptTemplate]:
@@ -33,7 +31,7 @@ def prompt_template_active(*, role: str) -> PromptTemplate:
     return template
 
 
-def prompt_render(*, body: str, workflow: "Workflow", role: str, state: str) -> str:
+def prompt_render(*, body: str, workflow: Workflow, role: str, state: str) -> str:
     """`body` with the workflow's state, project and requirements put in."""
     project = workflow.project
     return Template(body).safe_substitute(

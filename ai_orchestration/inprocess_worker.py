@@ -23,7 +23,7 @@ import threading
 from django.core.management import call_command
 from django.db import close_old_connections, connection
 
-from ai_orchestration.autopilot import autopilot_reap
+from ai_orchestration.autopilot.services import autopilot_reap
 
 logger = logging.getLogger(__name__)
 

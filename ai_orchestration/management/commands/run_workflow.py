@@ -12,7 +12,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from ai_orchestration.autopilot import StepProgress, autopilot_start, autopilot_step
+from ai_orchestration.autopilot.runner import StepProgress, autopilot_step
+from ai_orchestration.autopilot.selectors import run_get
+from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from workflows.errors import ProjectNotFound
 from workflows.models import Membership, Project, Workflow
@@ -60,7 +62,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         while autopilot_step(run_id=run.id, worker_id="cli", on_progress=self._progress):
             pass
-        run.refresh_from_db()
+        run = run_get(run_id=run.id)
         workflow = Workflow.objects.get(pk=workflow.pk)
         elapsed = time.monotonic() - started
         self.stdout.write(

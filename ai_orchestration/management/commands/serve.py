@@ -3,7 +3,7 @@
 Applies migrations; on a database without a superuser creates `admin` (plus a `demo`
 project it owns and an API token) and prints the credentials once; starts the task
 worker (with Redis, `manage.py db_worker` and `autopilot_watchdog` children; on the
-embedded default, `db_worker` in this process, see topdog/inprocess_worker.py); serves
+embedded default, `db_worker` in this process, see ai_orchestration/inprocess_worker.py); serves
 the ASGI application with daphne until SIGINT or SIGTERM; then stops the worker.
 """
 
@@ -28,6 +28,7 @@ from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 from django.db import IntegrityError, transaction
 from django.utils.module_loading import import_string
 
+from ai_orchestration.inprocess_worker import worker_run
 from workflows.management.commands.topdog import api_token_create, validation_message
 from workflows.models import Membership, Project
 from workflows.states import MemberRole
@@ -217,8 +218,6 @@ def _serve_beside_worker(server: Any, reactor: Any, *, verbosity: int) -> None:
     stops; when daphne stops by itself (it could not listen, say), the worker is sent a
     SIGTERM.
     """
-    from topdog.inprocess_worker import worker_run
-
     stopping, ended = threading.Event(), threading.Event()
 
     def serve() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from ai_orchestration.autopilot import autopilot_reap
+from ai_orchestration.autopilot.services import autopilot_reap
 
 
 class Command(BaseCommand):

@@ -1,0 +1,81 @@
+"""Live frames of the autopilot on the workflow's websocket: run summaries and deltas.
+
+Neither kind is persisted (no seq). A frame that reports a committed fact, a run's
+status, is sent after commit (`run_frame_send` schedules it with
+`transaction.on_commit`, so a change that rolls back is never announced; outside a
+transaction it goes at once). Token deltas report nothing committed and go as they come.
+"""
+
+import time
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+
+from ai_orchestration.models import AIRun
+from workflows.broadcast import workflow_live_frame_send
+
+
+def run_summary(run: AIRun) -> dict:
+    """The run as the API and the `ai.run` frame show it."""
+    return {
+        "id": str(run.id),
+        "workflow_id": str(run.workflow_id),
+        "status": run.status,
+        "scope": run.scope,
+        "phase": run.phase,
+        "provider": run.provider,
+        "model": run.model,
+        "phases_completed": run.phases_completed,
+        "attempts": run.attempts,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost_usd": str(run.cost_usd),
+        "error": run.error,
+        "stop_reason": run.stop_reason,
+    }
+
+
+def run_frame_send(run: AIRun) -> None:
+    """Tell the workflow's websocket about the run as it is now, once that commits."""
+    frame = {"type": "ai.run", "workflow_id": str(run.workflow_id), "run": run_summary(run)}
+    transaction.on_commit(
+        partial(workflow_live_frame_send, workflow_id=run.workflow_id, frame=frame), robust=True
+    )
+
+
+class DeltaBroadcaster:
+    """Streams token deltas to the workflow's websocket, batched to ~10 frames a second."""
+
+    INTERVAL = 0.1
+
+    def __init__(self, *, workflow_id: Any, run_id: Any, phase: str, role: str) -> None:
+        self.base = {
+            "type": "ai.delta",
+            "workflow_id": str(workflow_id),
+            "run_id": str(run_id),
+            "phase": phase,
+            "role": role,
+        }
+        self.buffer: list[str] = []
+        self.attempt = 1
+        self.last_flush = time.monotonic()
+        self.total_chars = 0
+
+    def __call__(self, chunk: str, attempt: int) -> None:
+        if attempt != self.attempt:
+            self.flush()
+            self.attempt = attempt
+        self.buffer.append(chunk)
+        self.total_chars += len(chunk)
+        if time.monotonic() - self.last_flush >= self.INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            workflow_live_frame_send(
+                workflow_id=self.base["workflow_id"],
+                frame={**self.base, "attempt": self.attempt, "delta": "".join(self.buffer)},
+            )
+            self.buffer = []
+        self.last_flush = time.monotonic()

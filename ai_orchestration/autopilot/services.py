@@ -1,0 +1,188 @@
+"""Writes on autopilot runs: start, cancel, resume at a gate, stop, reap, finish.
+
+Every status change is booked under the run's row lock; its `ai.run` frame goes after
+commit (`frames.run_frame_send`), and so does the task that works the run's next phase
+(`run_enqueue_after_commit`).
+"""
+
+import logging
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from rest_framework.exceptions import ValidationError
+
+from ai_orchestration.autopilot.frames import run_frame_send
+from ai_orchestration.autopilot.selectors import run_active_for_workflow
+from ai_orchestration.models import AIRun
+from workflows.check_runs import check_runs_reap
+from workflows.errors import TransitionConflict
+from workflows.listeners import TransitionCommitted
+from workflows.services import Actor, transition_check, workflow_lock
+from workflows.states import Transition
+
+logger = logging.getLogger(__name__)
+
+# The task that works a run (tasks.py). It calls the reaper, and the reaper queues it, so
+# it is looked up by its dotted path when a run is queued, as the task worker does.
+RUN_TASK_PATH = "ai_orchestration.autopilot.tasks.autopilot_run_task"
+
+
+class RunConflict(TransitionConflict):
+    """A run cannot start or be cancelled in the workflow's current situation."""
+
+
+def autopilot_start(
+    *, workflow_id: Any, actor: Actor, scope: str = AIRun.Scope.WORKFLOW, model_name: str = ""
+) -> AIRun:
+    """Queue an autopilot run for the workflow's current phase (or all that remain)."""
+    with transaction.atomic():
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        transition_check(workflow, member_role, Transition.COMPLETE)
+        active = run_active_for_workflow(workflow_id=workflow.id)
+        if active is not None:
+            raise RunConflict(
+                f"run {active.id} is already {active.status} on this workflow; cancel it first",
+                current_state=workflow.state,
+                allowed=[],
+            )
+        if model_name and model_name not in settings.TOPDOG_MODELS:
+            raise ValidationError({"model": [f"choose from {', '.join(settings.TOPDOG_MODELS)}"]})
+        run = AIRun.objects.create(
+            workflow=workflow,
+            scope=scope,
+            phase=workflow.state,
+            model_name=model_name,
+            created_by=actor.user,
+        )
+        run_enqueue_after_commit(run.id)
+        run_frame_send(run)
+    return run
+
+
+def autopilot_cancel(*, run_id: Any, actor: Actor) -> AIRun:
+    """Cancel a run: at once if it is not running, between chunks if it is."""
+    with transaction.atomic():
+        run = AIRun.objects.select_for_update().select_related("workflow").get(pk=run_id)
+        workflow_lock(workflow_id=run.workflow_id, actor=actor)  # permission: a member
+        if not run.is_active:
+            raise RunConflict(
+                f"run is {run.status}; only a queued, running or waiting run can be cancelled",
+                current_state=run.workflow.state,
+                allowed=[],
+            )
+        if run.status == AIRun.Status.RUNNING:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested"])
+        else:
+            run_finish(run, AIRun.Status.CANCELLED, stop_reason=f"cancelled by {actor.name}")
+    return run
+
+
+def autopilot_resume_after_approval(*, workflow_id: Any) -> None:
+    """A gate was approved or rejected: wake the run that was waiting there."""
+    with transaction.atomic():
+        run = (
+            AIRun.objects.select_for_update()
+            .filter(workflow_id=workflow_id, status=AIRun.Status.WAITING)
+            .first()
+        )
+        if run is None:
+            return
+        run.status = AIRun.Status.QUEUED
+        run.stop_reason = ""
+        run.save(update_fields=["status", "stop_reason"])
+        run_enqueue_after_commit(run.id)
+
+
+def autopilot_stop_for_workflow(*, workflow_id: Any) -> None:
+    """The workflow ended (cancelled or failed): end its active run too."""
+    with transaction.atomic():
+        for run in AIRun.objects.select_for_update().filter(
+            workflow_id=workflow_id, status__in=AIRun.ACTIVE
+        ):
+            if run.status == AIRun.Status.RUNNING:
+                run.cancel_requested = True
+                run.save(update_fields=["cancel_requested"])
+            else:
+                run_finish(run, AIRun.Status.CANCELLED, stop_reason="workflow ended")
+
+
+def autopilot_transition_follow(fact: TransitionCommitted) -> None:
+    """The autopilot's transition listener (registered in apps.py): an approved or
+    rejected gate wakes the run waiting there; a cancelled or failed workflow ends its
+    run."""
+    if fact.kind in (Transition.APPROVE, Transition.REJECT):
+        autopilot_resume_after_approval(workflow_id=fact.workflow_id)
+    elif fact.kind in (Transition.CANCEL, Transition.FAIL):
+        autopilot_stop_for_workflow(workflow_id=fact.workflow_id)
+
+
+def autopilot_reap(*, now: Any = None) -> list[Any]:
+    """Re-queue runs whose worker died (lease expired); fail those that died too often.
+    Check runs whose worker died are ended too: this is the one reaper."""
+    now = now or timezone.now()
+    check_runs_reap(now=now)
+    expired = AIRun.objects.filter(status=AIRun.Status.RUNNING, lease_expires_at__lt=now)
+    return [
+        run_id
+        for run_id in expired.values_list("id", flat=True)
+        if _run_reap(run_id=run_id, now=now)
+    ]
+
+
+def _run_reap(*, run_id: Any, now: Any) -> bool:
+    """Re-queue (True) or give up on one expired run, unless another reaper has it."""
+    with transaction.atomic():
+        run = (
+            AIRun.objects.select_for_update(skip_locked=True)
+            .filter(pk=run_id, status=AIRun.Status.RUNNING, lease_expires_at__lt=now)
+            .first()
+        )
+        if run is None:
+            return False
+        if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
+            run_finish(
+                run,
+                AIRun.Status.FAILED,
+                error=f"its worker stopped {run.recoveries + 1} times (last seen "
+                f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
+            )
+            return False
+        logger.warning("run %s lost its worker %s; re-queueing", run.id, run.worker_id)
+        run.status = AIRun.Status.QUEUED
+        run.worker_id = ""
+        run.recoveries += 1
+        run.save(update_fields=["status", "worker_id", "recoveries"])
+        run_enqueue_after_commit(run.id)
+        return True
+
+
+def run_finish(run: AIRun, status: str, *, error: str = "", stop_reason: str = "") -> None:
+    """End `run` (locked by the caller, or only its own worker's) with `status`."""
+    run.status = status
+    run.error = error or run.error
+    run.stop_reason = stop_reason or run.stop_reason
+    run.finished_at = timezone.now()
+    run.worker_id = ""
+    run.save()
+    run_frame_send(run)
+
+
+def run_finish_by_id(run_id: Any, status: str, *, error: str = "", stop_reason: str = "") -> None:
+    """Lock the run and end it with `status`."""
+    with transaction.atomic():
+        run = AIRun.objects.select_for_update().get(pk=run_id)
+        run_finish(run, status, error=error, stop_reason=stop_reason)
+
+
+def run_enqueue_after_commit(run_id: Any) -> None:
+    """Queue the task that works the run's next phase, once the transaction commits."""
+    transaction.on_commit(partial(_run_enqueue, str(run_id)))
+
+
+def _run_enqueue(run_id: str) -> None:
+    import_string(RUN_TASK_PATH).enqueue(run_id)

@@ -1,0 +1,19 @@
+"""The autopilot's task on the Tasks queue: work one phase of a run, then queue the next.
+
+Queued rows store the task's dotted path. Rows queued before the autopilot became a
+package name `ai_orchestration.autopilot.autopilot_run_task`; the package re-exports
+this task under that name, so they still run.
+"""
+
+from django_tasks import task
+
+from ai_orchestration.autopilot.runner import autopilot_step, worker_identity
+from ai_orchestration.autopilot.services import autopilot_reap
+
+
+@task()
+def autopilot_run_task(run_id: str) -> None:
+    """Work one phase of a run; enqueue the next one if the run goes on."""
+    autopilot_reap()
+    if autopilot_step(run_id=run_id, worker_id=worker_identity()):
+        autopilot_run_task.enqueue(run_id)

@@ -1,0 +1,30 @@
+"""The AI layer's API routes; topdog/urls.py serves them with workflows' under /api/ in
+one `api` namespace."""
+
+from django.urls import path
+
+from ai_orchestration import api
+
+urlpatterns = [
+    # The IDE contract's fourth endpoint: exact path, no trailing slash.
+    path(
+        "ai-workflows/get-ai-prompt/<str:workflow_id>",
+        api.GetAiPromptApi.as_view(),
+        name="ide-get-ai-prompt",
+    ),
+    path(
+        "workflows/<str:workflow_id>/runs/",
+        api.WorkflowRunListApi.as_view(),
+        name="workflow-runs",
+    ),
+    path(
+        "workflows/<str:workflow_id>/runs/<str:run_id>/cancel/",
+        api.WorkflowRunCancelApi.as_view(),
+        name="workflow-run-cancel",
+    ),
+    path(
+        "workflows/<str:workflow_id>/usage/",
+        api.WorkflowUsageApi.as_view(),
+        name="workflow-usage",
+    ),
+]
