@@ -33,6 +33,29 @@ class SecretToken:
     __str__ = __repr__
 
 
+def secret_value_problem(value: str) -> str | None:
+    """What is wrong with `value` as an API key or token, or None if nothing is.
+
+    Keys and tokens are printable ASCII without spaces; whitespace, control characters
+    and anything non-ASCII are a paste gone wrong (a trailing newline, a smart quote) and
+    would only fail later, at the provider. The message names the problem and where,
+    never the value."""
+    for position, ch in enumerate(value, start=1):
+        if ch.isspace():
+            kind = "whitespace (a space, tab or line break)"
+        elif ord(ch) < 32 or ord(ch) == 127:
+            kind = "a control character"
+        elif ord(ch) > 127:
+            kind = "a non-ASCII character (keys and tokens are plain ASCII)"
+        else:
+            continue
+        return (
+            f"contains {kind} at character {position} of {len(value)}; "
+            "paste the key or token alone, without spaces, line breaks or quotes"
+        )
+    return None
+
+
 def secret_token(token: "str | SecretToken") -> SecretToken:
     """`token` as a SecretToken (a plain string is wrapped)."""
     return token if isinstance(token, SecretToken) else SecretToken(token)

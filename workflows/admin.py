@@ -14,6 +14,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -25,6 +26,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django_fsm import ConcurrentTransition
 
+from integrations.secrets import secret_value_problem
 from workflows.errors import ActionForbidden, TransitionConflict, WorkflowNotFound
 from workflows.models import (
     ApiToken,
@@ -385,8 +387,19 @@ ADMIN_TRANSITIONS: dict[str, AdminTransition] = {
 }
 
 
+class NulSafeModelAdmin(admin.ModelAdmin):
+    """A changelist whose filters or search carry a NUL is an invalid lookup (the
+    admin's "?e=1" page), not a 500: PostgreSQL refuses NUL in text parameters, so
+    `?state=%00` failed at the database."""
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        if any("\x00" in key + "".join(values) for key, values in request.GET.lists()):
+            raise IncorrectLookupParameters("NUL in the query string")
+        return super().get_changelist_instance(request)
+
+
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(NulSafeModelAdmin):
     list_display = (
         "title",
         "project",
@@ -677,7 +690,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 # --- the audit log ---------------------------------------------------------------------
 
 
-class _AuditLogAdmin(admin.ModelAdmin):
+class _AuditLogAdmin(NulSafeModelAdmin):
     """Append-only audit rows: listed and viewed, never added, changed or deleted."""
 
     actions = None
@@ -831,11 +844,15 @@ class ProjectAdminForm(forms.ModelForm):
                 else "Not set. Stored encrypted; never shown again."
             )
             field.required = False
+            field.strip = False  # a pasted newline is refused below, not silently cut
 
     def clean(self) -> dict:
         cleaned = super().clean()
         for name in SECRET_FIELDS:
-            if not cleaned.get(name) and self.instance.pk:
+            problem = secret_value_problem(cleaned.get(name) or "")
+            if problem:
+                self.add_error(name, problem)
+            elif not cleaned.get(name) and self.instance.pk:
                 cleaned[name] = getattr(self.instance, name)
         return cleaned
 
@@ -852,7 +869,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(NulSafeModelAdmin):
     form = ProjectAdminForm
     inlines = (MembershipInline,)
     list_display = (
@@ -872,7 +889,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(NulSafeModelAdmin):
     """Tokens are created here; the raw token is shown once and never stored."""
 
     list_display = ("token_hint", "name", "user", "created_at", "last_used_at")

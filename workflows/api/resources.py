@@ -16,6 +16,7 @@ from integrations.repository import (
     git_remote_url_check,
     repository_ref_parse,
 )
+from integrations.secrets import secret_value_problem
 from workflows import selectors
 from workflows.api.base import (
     ApiView,
@@ -44,13 +45,23 @@ from workflows.states import PHASES, MemberRole, Role, State, Transition
 # --- projects --------------------------------------------------------------------------
 
 
+def _secret_problem(value: str) -> None:
+    problem = secret_value_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+
+
 def _secret_field(help_text: str) -> serializers.CharField:
     return serializers.CharField(
         write_only=True,
         required=False,
         allow_blank=True,
         max_length=500,
-        help_text=f"Write-only; stored encrypted; an empty string removes it. {help_text}",
+        # Not trimmed: a pasted newline is refused with a message, not silently changed.
+        trim_whitespace=False,
+        validators=[_secret_problem],
+        help_text=f"Write-only; stored encrypted; an empty string removes it; printable "
+        f"ASCII without whitespace. {help_text}",
     )
 
 
