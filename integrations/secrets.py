@@ -6,9 +6,13 @@ error (a URL, an echoed header) is replaced before anyone can read it.
 """
 
 import base64
+import bisect
+import re
+import string
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 REDACTED = "[redacted]"
 # Shorter strings are too likely to occur by chance to be worth replacing.
@@ -70,15 +74,129 @@ def _forms(secret: str) -> Iterable[str]:
         yield base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
 
 
+# Any run of this many consecutive characters of a secret (raw or URL-quoted), in any
+# letter case and with control characters inserted anywhere, is redacted: an upstream
+# that echoes a token's last 14 characters leaks most of it.
+MIN_RUN_CHARS = 12
+# Runs are found from q-grams: every run of MIN_RUN_CHARS characters of a secret holds
+# the gram that starts at one of its offsets 0, STEP, 2*STEP, ... (STEP = run - gram + 1),
+# so a text is searched (str.find, in C) for a handful of grams per secret, not for every
+# window; each hit is then extended both ways character by character.
+_GRAM = 6
+_STEP = MIN_RUN_CHARS - _GRAM + 1
+# Characters an upstream (or an attacker) may put inside a secret without changing what a
+# reader sees: C0/C1 controls (NUL, CR, LF, ESC...), zero-width and line separators.
+_CONTROL_CHARS = [
+    *range(0x00, 0x20),
+    *range(0x7F, 0xA0),
+    *range(0x200B, 0x2010),
+    0x2028,
+    0x2029,
+    0x2060,
+    0xFEFF,
+]
+_CONTROL = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL_CHARS) + "]")
+# ASCII-only case folding: one character in, one out, so offsets stay aligned.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    text: str  # lowercased
+    grams: dict[str, list[int]]  # gram -> offsets (multiples of _STEP) where it starts
+
+
+@lru_cache(maxsize=256)
+def _patterns(raws: tuple[str, ...]) -> tuple[_Pattern, ...]:
+    patterns = []
+    for raw in dict.fromkeys(raws):
+        for form in dict.fromkeys((raw, urllib.parse.quote(raw, safe=""))):
+            text = _CONTROL.sub("", form).translate(_ASCII_LOWER)
+            grams: dict[str, list[int]] = {}
+            if len(text) >= MIN_RUN_CHARS:
+                for offset in range(0, len(text) - _GRAM + 1, _STEP):
+                    grams.setdefault(text[offset : offset + _GRAM], []).append(offset)
+            patterns.append(_Pattern(text, grams))
+    return tuple(patterns)
+
+
+def _runs(haystack: str, pattern: _Pattern) -> Iterable[tuple[int, int]]:
+    """(start, end) of every run of >= MIN_RUN_CHARS characters of `pattern` in
+    `haystack` (both lowercased); a short secret matches only whole."""
+    needle = pattern.text
+    if not pattern.grams:
+        at = haystack.find(needle)
+        while at != -1:
+            yield at, at + len(needle)
+            at = haystack.find(needle, at + 1)
+        return
+    end_of_text = len(haystack)
+    for gram, offsets in pattern.grams.items():
+        at = haystack.find(gram)
+        while at != -1:
+            for offset in offsets:
+                start, j = at, offset
+                while start > 0 and j > 0 and haystack[start - 1] == needle[j - 1]:
+                    start, j = start - 1, j - 1
+                end, j = at + _GRAM, offset + _GRAM
+                while end < end_of_text and j < len(needle) and haystack[end] == needle[j]:
+                    end, j = end + 1, j + 1
+                if end - start >= MIN_RUN_CHARS:
+                    yield start, end
+            at = haystack.find(gram, at + 1)
+
+
+def _redact_runs(text: str, raws: tuple[str, ...]) -> str:
+    haystack = _CONTROL.sub("", text)
+    haystack = haystack.lower() if haystack.isascii() else haystack.translate(_ASCII_LOWER)
+    spans = sorted(span for pattern in _patterns(raws) for span in _runs(haystack, pattern))
+    if not spans:
+        return text
+    # Offsets in the haystack back to the text: add the removed characters before them.
+    shifted = (
+        [match.start() - index for index, match in enumerate(_CONTROL.finditer(text))]
+        if len(haystack) != len(text)
+        else []
+    )
+
+    def original(offset: int) -> int:
+        return offset + bisect.bisect_right(shifted, offset)
+
+    pieces, cursor, merged_end = [], 0, -1
+    for start, end in spans:
+        begin, finish = original(start), original(end - 1) + 1
+        if begin <= merged_end:  # overlaps the previous run: widen that one
+            merged_end = max(merged_end, finish)
+            continue
+        if merged_end >= 0:
+            pieces.append(REDACTED)
+            cursor = merged_end
+        pieces.append(text[cursor:begin])
+        merged_end = finish
+    pieces.append(REDACTED)
+    pieces.append(text[merged_end:])
+    return "".join(pieces)
+
+
 def secret_scrub(text: object, secrets: "Iterable[str | SecretToken | None]") -> str:
-    """`text` (anything, str()-ed) with every form of every secret replaced by a marker."""
+    """`text` (anything, str()-ed) with every form of every secret replaced by a marker.
+
+    Exact forms (raw, URL-quoted, Basic-auth base64) are replaced; then any run of
+    MIN_RUN_CHARS or more consecutive characters of a raw or URL-quoted secret, in any
+    letter case and with control characters inserted anywhere (they are redacted with
+    it). A secret shorter than MIN_RUN_CHARS is matched whole, the same way. Linear in
+    the text: a 1 MB text with a handful of secrets takes milliseconds."""
     result = text if isinstance(text, str) else str(text)
+    raws = []
     for secret in secrets:
         if secret is None:
             continue
         raw = secret.value if isinstance(secret, SecretToken) else secret
         if len(raw) < MIN_SECRET_CHARS:
             continue
+        raws.append(raw)
         for form in sorted(set(_forms(raw)), key=len, reverse=True):
             result = result.replace(form, REDACTED)
-    return result
+    if not raws:
+        return result
+    return _redact_runs(result, tuple(raws))
