@@ -204,6 +204,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": env_str("THROTTLE_ANON_RATE", "60/minute"),
         "user": env_str("THROTTLE_USER_RATE", "6000/minute"),
+        # Failed authentications (bad tokens, no credentials) per client address.
+        "auth_failure": env_str(
+            "THROTTLE_AUTH_FAILURE_RATE", env_str("THROTTLE_ANON_RATE", "60/minute")
+        ),
     },
 }
 

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from topdog.limits import DATABASE_RETRY_AFTER_SECONDS
+from workflows.authentication import TooManyFailures
 from workflows.errors import (
     ActionForbidden,
     CheckUnavailable,
@@ -92,10 +93,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     response = drf_exception_handler(exc, context)
     if isinstance(exc, exceptions.Throttled) and response is not None:
+        reason = (
+            TooManyFailures.default_detail if isinstance(exc, TooManyFailures) else "rate limited"
+        )
         response.data = {
-            "detail": f"rate limited; retry in {exc.wait:.0f} seconds"
-            if exc.wait
-            else "rate limited"
+            "detail": f"{reason}; retry in {exc.wait:.0f} seconds" if exc.wait else reason
         }
     return response
 
