@@ -57,6 +57,16 @@ urlpatterns = [
         name="workflow-phase-results",
     ),
     path(
+        "workflows/<str:workflow_id>/phase-results/<str:result_id>/",
+        resources.WorkflowPhaseResultDetailApi.as_view(),
+        name="workflow-phase-result-detail",
+    ),
+    path(
+        "workflows/<str:workflow_id>/messages/<str:seq>/",
+        resources.WorkflowMessageDetailApi.as_view(),
+        name="workflow-message-detail",
+    ),
+    path(
         "workflows/<str:workflow_id>/runs/",
         autopilot_api.WorkflowRunListApi.as_view(),
         name="workflow-runs",
