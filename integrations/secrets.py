@@ -10,7 +10,7 @@ import bisect
 import re
 import string
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -102,8 +102,14 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 @dataclass(frozen=True)
 class _Pattern:
-    text: str  # lowercased
+    text: str  # lowercased, without control characters
     grams: dict[str, list[int]]  # gram -> offsets (multiples of _STEP) where it starts
+
+
+@dataclass(frozen=True)
+class _BytePattern:
+    text: bytes  # the same, ASCII-encoded, for ASCII texts (the fast path)
+    grams: dict[bytes, list[int]]
 
 
 @lru_cache(maxsize=256)
@@ -120,7 +126,20 @@ def _patterns(raws: tuple[str, ...]) -> tuple[_Pattern, ...]:
     return tuple(patterns)
 
 
-def _runs(haystack: str, pattern: _Pattern) -> Iterable[tuple[int, int]]:
+@lru_cache(maxsize=256)
+def _byte_patterns(raws: tuple[str, ...]) -> tuple[_BytePattern, ...]:
+    """The patterns that can occur in ASCII text, as bytes."""
+    return tuple(
+        _BytePattern(
+            pattern.text.encode("ascii"),
+            {gram.encode("ascii"): offsets for gram, offsets in pattern.grams.items()},
+        )
+        for pattern in _patterns(raws)
+        if pattern.text.isascii()
+    )
+
+
+def _runs(haystack: "str | bytes", pattern: "_Pattern | _BytePattern") -> Iterable[tuple[int, int]]:
     """(start, end) of every run of >= MIN_RUN_CHARS characters of `pattern` in
     `haystack` (both lowercased); a short secret matches only whole."""
     needle = pattern.text
@@ -146,21 +165,54 @@ def _runs(haystack: str, pattern: _Pattern) -> Iterable[tuple[int, int]]:
             at = haystack.find(gram, at + 1)
 
 
+# ASCII fast path: one bytes.translate lowercases and drops the C0 controls and DEL.
+_LOWER_BYTES = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
+_CONTROL_BYTES = bytes([*range(0x20), 0x7F])
+_BLOCK = 4096
+
+
+def _ascii_offsets(data: bytes) -> Callable[[int], int]:
+    """Offset in `data` without its control bytes -> offset in `data`, by blocks: the
+    kept bytes before each block, then a walk inside one block."""
+    kept_before, kept = [], 0
+    for block_start in range(0, len(data), _BLOCK):
+        kept_before.append(kept)
+        kept += len(data[block_start : block_start + _BLOCK].translate(None, _CONTROL_BYTES))
+
+    def original(offset: int) -> int:
+        block = bisect.bisect_right(kept_before, offset) - 1
+        position, remaining = block * _BLOCK, offset - kept_before[block]
+        while True:
+            if data[position] not in _CONTROL_BYTES:
+                if remaining == 0:
+                    return position
+                remaining -= 1
+            position += 1
+
+    return original
+
+
 def _redact_runs(text: str, raws: tuple[str, ...]) -> str:
-    haystack = _CONTROL.sub("", text)
-    haystack = haystack.lower() if haystack.isascii() else haystack.translate(_ASCII_LOWER)
-    spans = sorted(span for pattern in _patterns(raws) for span in _runs(haystack, pattern))
+    if text.isascii():
+        data = text.encode("ascii")
+        haystack: str | bytes = data.translate(_LOWER_BYTES, _CONTROL_BYTES)
+        patterns: tuple = _byte_patterns(raws)
+    else:
+        haystack = _CONTROL.sub("", text).translate(_ASCII_LOWER)
+        patterns = _patterns(raws)
+    spans = sorted(span for pattern in patterns for span in _runs(haystack, pattern))
     if not spans:
         return text
     # Offsets in the haystack back to the text: add the removed characters before them.
-    shifted = (
-        [match.start() - index for index, match in enumerate(_CONTROL.finditer(text))]
-        if len(haystack) != len(text)
-        else []
-    )
+    if len(haystack) == len(text):
+        original: Callable[[int], int] = int
+    elif isinstance(haystack, bytes):
+        original = _ascii_offsets(data)
+    else:
+        shifted = [match.start() - index for index, match in enumerate(_CONTROL.finditer(text))]
 
-    def original(offset: int) -> int:
-        return offset + bisect.bisect_right(shifted, offset)
+        def original(offset: int) -> int:
+            return offset + bisect.bisect_right(shifted, offset)
 
     pieces, cursor, merged_end = [], 0, -1
     for start, end in spans:

@@ -159,3 +159,16 @@ def test_a_megabyte_with_five_secrets_is_scrubbed_in_under_50_ms():
     assert out.count(REDACTED) == 2
     assert not any(leaks(out, secret) for secret in secrets)
     assert best < 0.050, f"{best * 1000:.1f} ms"
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("accent", ["", "\u00e9"])  # the ASCII fast path, and the other one
+def test_offsets_stay_right_with_many_controls_before_and_across_blocks(seed, accent):
+    rng = random.Random(seed)
+    secret = random_secret(rng, 40)
+    prefix = "".join(
+        rng.choice([".", "\n", "\r\n", "\x00", " "]) for _ in range(rng.randint(4000, 9000))
+    )
+    split = with_controls(rng, secret, 3)
+    suffix = accent + filler(rng, 50) + "\n"
+    assert secret_scrub(prefix + split + suffix, [secret]) == prefix + REDACTED + suffix
