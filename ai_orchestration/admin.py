@@ -5,10 +5,11 @@ from django.db.models import Model
 from django.http import HttpRequest
 
 from ai_orchestration.models import AIRun
+from workflows.admin_base import NulSafeModelAdmin
 
 
 @admin.register(AIRun)
-class AIRunAdmin(admin.ModelAdmin):
+class AIRunAdmin(NulSafeModelAdmin):
     """Autopilot runs: audited here, driven through the API (start/cancel)."""
 
     list_display = (

@@ -19,6 +19,7 @@ from ai_orchestration.context import prompt_request_build
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
+from workflows.api.pagination import PAGE_PARAMETERS, paginated
 from workflows.errors import TransitionConflict
 from workflows.selectors import workflow_usage
 from workflows.services import Actor, available_transitions
@@ -76,11 +77,16 @@ class RunStartSerializer(serializers.Serializer):
 
 
 class WorkflowRunListApi(ApiView):
-    @extend_schema(responses=RunOutputSerializer(many=True))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=RunOutputSerializer(many=True))
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        runs = run_list_for_workflow(workflow=workflow)
-        return Response({"results": [run_summary(run) for run in runs]})
+        return paginated(
+            request,
+            self,
+            run_list_for_workflow(workflow=workflow),
+            ("-created_at", "-id"),
+            lambda runs: [run_summary(run) for run in runs],
+        )
 
     @extend_schema(request=RunStartSerializer, responses={202: RunOutputSerializer})
     def post(self, request: Request, workflow_id: str) -> Response:

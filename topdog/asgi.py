@@ -32,8 +32,9 @@ http_app = (
 router = ProtocolTypeRouter(
     {
         "http": http_app,
-        # Origin must match ALLOWED_HOSTS (a missing Origin, as from non-browser clients,
-        # is let through); then session cookie or API token decides who is connecting.
+        # Origin must be this server's own (scheme, host and port; a missing Origin, as
+        # from non-browser clients, is let through); then session cookie or API token
+        # decides who is connecting.
         "websocket": origin_checked(
             AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "topdog.limits.RequestGuardMiddleware",
     "topdog.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -173,6 +174,10 @@ LOGIN_REDIRECT_URL = "/dashboard/"
 # Request bodies above this many bytes are answered 413 before any view runs.
 TOPDOG_MAX_BODY_BYTES = env_int("TOPDOG_MAX_BODY_BYTES", 2 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = TOPDOG_MAX_BODY_BYTES
+# Query strings above this many bytes are answered 414 (topdog/limits.py).
+TOPDOG_MAX_QUERY_STRING_BYTES = env_int("TOPDOG_MAX_QUERY_STRING_BYTES", 8192)
+# JSON bodies nested deeper than this (arrays and objects) are answered 400.
+TOPDOG_MAX_JSON_DEPTH = env_int("TOPDOG_MAX_JSON_DEPTH", 64)
 
 # --- REST framework -------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -182,7 +187,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["workflows.api.parsers.DepthLimitedJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "workflows.api.errors.exception_handler",
@@ -199,6 +204,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "anon": env_str("THROTTLE_ANON_RATE", "60/minute"),
         "user": env_str("THROTTLE_USER_RATE", "6000/minute"),
+        # Failed authentications (bad tokens, no credentials) per client address.
+        "auth_failure": env_str(
+            "THROTTLE_AUTH_FAILURE_RATE", env_str("THROTTLE_ANON_RATE", "60/minute")
+        ),
     },
 }
 

@@ -38,6 +38,29 @@ return false
 """
 
 
+# The same window, only looked at: how long until it has room, or false if it has.
+_WINDOW_PEEK = """
+local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #oldest == 0 then
+        return tostring(window)
+    end
+    return tostring(tonumber(oldest[2]) + window - now)
+end
+return false
+"""
+
+
+@cache
+def _peek_script() -> Any:
+    client = redis.Redis.from_url(
+        settings.CACHES["default"]["LOCATION"], socket_timeout=2, socket_connect_timeout=2
+    )
+    return client.register_script(_WINDOW_PEEK)
+
+
 @cache
 def _window_script() -> Any:
     """The script, registered on a client of the cache's Redis (one pool per process)."""
@@ -84,3 +107,68 @@ class RedisAnonRateThrottle(RedisRateThrottle, AnonRateThrottle):
 
 class RedisUserRateThrottle(RedisRateThrottle, UserRateThrottle):
     """UserRateThrottle (by user, or IP when anonymous) with its window in Redis."""
+
+
+# --- failed authentications -------------------------------------------------------------
+
+
+class AuthFailureThrottle(SimpleRateThrottle):
+    """Failed authentications per client address (DRF's cache-based sliding window).
+
+    DRF authenticates before it throttles, so a 401 never reached a throttle and a
+    client could try tokens as fast as it liked. Each failure is recorded here against
+    the client's address (REMOTE_ADDR, or X-Forwarded-For with NUM_PROXIES); once the
+    address has as many failures in the window as the `auth_failure` rate allows (by
+    default the anonymous rate), every authentication attempt from it is 429 with
+    Retry-After until the oldest failure leaves the window, good tokens included, so
+    guessing gets no faster by mixing in a valid one."""
+
+    scope = "auth_failure"
+
+    def get_rate(self) -> str | None:
+        rates = settings.REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {})
+        return rates.get(self.scope) or rates.get("anon")
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def blocked(self, request: Request) -> float | None:
+        """Seconds until the address may try again, or None if it may now."""
+        if self.rate is None:
+            return None
+        history = self.cache.get(self.get_cache_key(request, None), [])
+        now = self.timer()
+        live = [moment for moment in history if moment > now - self.duration]
+        if len(live) < self.num_requests:
+            return None
+        return max(0.0, self.duration - (now - min(live)))
+
+    def record(self, request: Request) -> None:
+        """Count one failed authentication from the request's address."""
+        if self.rate is not None:
+            self.allow_request(request, None)
+
+
+class RedisAuthFailureThrottle(RedisRateThrottle, AuthFailureThrottle):
+    """AuthFailureThrottle with its window in Redis (one round trip per look)."""
+
+    def blocked(self, request: Request) -> float | None:
+        if self.rate is None:
+            return None
+        prefix = settings.CACHES["default"].get("KEY_PREFIX", "")
+        key = self.get_cache_key(request, None)
+        try:
+            wait = _peek_script()(
+                keys=[f"{prefix}:{key}"], args=[self.timer(), self.duration, self.num_requests]
+            )
+        except redis.RedisError as exc:
+            logger.warning("throttle %s: Redis unavailable (%s); request let through", key, exc)
+            return None
+        return None if wait is None else max(0.0, float(wait))
+
+
+def auth_failure_throttle() -> AuthFailureThrottle:
+    """The failed-authentication throttle for the configured cache (Redis or other)."""
+    if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        return RedisAuthFailureThrottle()
+    return AuthFailureThrottle()

@@ -7,12 +7,14 @@ Tokens are never taken from the query string, which ends up in access logs.
 """
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http.request import split_domain_port, validate_host
 
 from workflows.models import ApiToken
 
@@ -55,22 +57,86 @@ class TokenAuthMiddleware(BaseMiddleware):
         return await super().__call__(scope, receive, send)
 
 
-class BrowserOriginValidator(OriginValidator):
-    """Refuse browser handshakes from origins outside ALLOWED_HOSTS.
+# The port an origin has when it names none.
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_tuple(value: str) -> tuple[str, str, int] | None:
+    """`scheme://host[:port]` as (scheme, host, port), port defaulted; None if malformed."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def expected_origins(scope: dict) -> set[tuple[str, str, int]]:
+    """The origins a browser page of this server has, as seen by this handshake.
+
+    The page was served from the host and port the browser connects to (the Host
+    header) with the matching scheme (ws -> http, wss -> https); the host must be one
+    of ALLOWED_HOSTS. CSRF_TRUSTED_ORIGINS entries (exact, no wildcards) are added for
+    pages served elsewhere, e.g. behind a TLS-terminating proxy."""
+    origins = {
+        origin
+        for origin in (_origin_tuple(entry) for entry in settings.CSRF_TRUSTED_ORIGINS)
+        if origin is not None and "*" not in origin[1]
+    }
+    host_header = next(
+        (value.decode("latin1") for name, value in scope.get("headers", []) if name == b"host"),
+        None,
+    )
+    if not host_header:
+        return origins
+    domain, _ = split_domain_port(host_header)
+    if not domain or not validate_host(domain, _allowed_hosts()):
+        return origins
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    served = _origin_tuple(f"{scheme}://{host_header}")
+    if served is not None:
+        origins.add(served)
+    return origins
+
+
+def _allowed_hosts() -> list[str]:
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return allowed
+
+
+def origin_allowed(scope: dict) -> bool:
+    """Whether a handshake's Origin is this server's own (or a trusted) origin.
 
     Cross-site websocket hijacking needs a victim's browser, and browsers always send
     Origin; a handshake without one comes from a program holding its own credentials,
-    so it is let through to authentication.
-    """
+    so it is let through to authentication. With an Origin, scheme, host and port must
+    all match: http://localhost:9999 is another site than http://localhost:8000."""
+    origin = next(
+        (value.decode("latin1") for name, value in scope.get("headers", []) if name == b"origin"),
+        None,
+    )
+    if origin is None:
+        return True
+    parsed = _origin_tuple(origin)
+    return parsed is not None and parsed in expected_origins(scope)
 
-    def valid_origin(self, parsed_origin: Any) -> bool:
-        if parsed_origin is None:
-            return True
-        return self.validate_origin(parsed_origin)
+
+class OriginCheckMiddleware:
+    """Refuses (closes) websocket handshakes whose Origin is not `origin_allowed`."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket" and not origin_allowed(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
 
 
-def origin_checked(application: Any) -> BrowserOriginValidator:
-    allowed = list(settings.ALLOWED_HOSTS)
-    if settings.DEBUG and not allowed:
-        allowed = ["localhost", "127.0.0.1", "[::1]"]
-    return BrowserOriginValidator(application, allowed)
+def origin_checked(application: Any) -> OriginCheckMiddleware:
+    return OriginCheckMiddleware(application)

@@ -25,6 +25,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 from django_fsm import ConcurrentTransition
 
+from integrations.secrets import secret_value_problem
+from workflows.admin_base import NulSafeModelAdmin
 from workflows.admin_prompts import PromptTemplateAdmin  # noqa: F401 (registers it)
 from workflows.errors import ActionForbidden, TransitionConflict, WorkflowNotFound
 from workflows.models import (
@@ -387,7 +389,7 @@ ADMIN_TRANSITIONS: dict[str, AdminTransition] = {
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(NulSafeModelAdmin):
     list_display = (
         "title",
         "project",
@@ -676,7 +678,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 # --- the audit log ---------------------------------------------------------------------
 
 
-class _AuditLogAdmin(admin.ModelAdmin):
+class _AuditLogAdmin(NulSafeModelAdmin):
     """Append-only audit rows: listed and viewed, never added, changed or deleted."""
 
     actions = None
@@ -830,11 +832,15 @@ class ProjectAdminForm(forms.ModelForm):
                 else "Not set. Stored encrypted; never shown again."
             )
             field.required = False
+            field.strip = False  # a pasted newline is refused below, not silently cut
 
     def clean(self) -> dict:
         cleaned = super().clean()
         for name in SECRET_FIELDS:
-            if not cleaned.get(name) and self.instance.pk:
+            problem = secret_value_problem(cleaned.get(name) or "")
+            if problem:
+                self.add_error(name, problem)
+            elif not cleaned.get(name) and self.instance.pk:
                 cleaned[name] = getattr(self.instance, name)
         return cleaned
 
@@ -851,7 +857,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(NulSafeModelAdmin):
     form = ProjectAdminForm
     inlines = (MembershipInline,)
     list_display = (
@@ -871,7 +877,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(NulSafeModelAdmin):
     """Tokens are created here; the raw token is shown once and never stored."""
 
     list_display = ("token_hint", "name", "user", "created_at", "last_used_at")

@@ -9,6 +9,7 @@ from django.db.models import Model
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
+from workflows.admin_base import NulSafeModelAdmin
 from workflows.models import PromptTemplate
 from workflows.prompts import prompt_template_publish
 
@@ -36,7 +37,7 @@ class PromptTemplateForm(forms.ModelForm):
 
 
 @admin.register(PromptTemplate)
-class PromptTemplateAdmin(admin.ModelAdmin):
+class PromptTemplateAdmin(NulSafeModelAdmin):
     form = PromptTemplateForm
     list_display = ("role", "version", "active", "sha256_short", "note", "created_by", "created_at")
     list_filter = ("role", "active", "created_at")

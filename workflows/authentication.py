@@ -4,11 +4,19 @@ from datetime import timedelta
 
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
+from topdog.throttling import auth_failure_throttle
 from workflows.models import ApiToken
 from workflows.selectors import api_token_find
+
+
+class TooManyFailures(Throttled):
+    """429 for an address over its failed-authentication rate."""
+
+    default_detail = "too many failed authentications from this address"
+
 
 # last_used_at is bumped at most this often, so authentication stays one read.
 _LAST_USED_RESOLUTION = timedelta(minutes=5)
@@ -23,6 +31,19 @@ class ApiTokenAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() not in self.keywords:
             return None
+        # Failures count per client address; an address over the limit is 429 before
+        # its token is even looked at (topdog.throttling.AuthFailureThrottle).
+        throttle = auth_failure_throttle()
+        wait = throttle.blocked(request)
+        if wait is not None:
+            raise TooManyFailures(wait=wait)
+        try:
+            return self._token_user(request, parts)
+        except AuthenticationFailed:
+            throttle.record(request)
+            raise
+
+    def _token_user(self, request: Request, parts: list[bytes]) -> tuple:
         if len(parts) != 2:
             raise AuthenticationFailed("send the header as 'Authorization: Token <your token>'")
         try:

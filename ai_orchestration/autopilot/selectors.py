@@ -3,14 +3,16 @@
 import uuid
 from typing import Any
 
+from django.db.models import QuerySet
+
 from ai_orchestration.models import AIRun
 from workflows.errors import WorkflowNotFound
 from workflows.models import Workflow
 
 
-def run_list_for_workflow(*, workflow: Workflow, limit: int = 100) -> list[AIRun]:
-    """The workflow's latest runs, newest first."""
-    return list(AIRun.objects.filter(workflow=workflow).order_by("-created_at")[:limit])
+def run_list_for_workflow(*, workflow: Workflow) -> QuerySet[AIRun]:
+    """The workflow's runs (the caller orders and pages them)."""
+    return AIRun.objects.filter(workflow=workflow)
 
 
 def run_get_for_workflow(*, workflow: Workflow, run_id: Any) -> AIRun:

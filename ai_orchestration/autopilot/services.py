@@ -19,10 +19,10 @@ from ai_orchestration.autopilot.frames import run_frame_send
 from ai_orchestration.autopilot.selectors import run_active_for_workflow
 from ai_orchestration.models import AIRun
 from workflows.check_runs import check_runs_reap
-from workflows.errors import TransitionConflict
+from workflows.errors import ActionForbidden, TransitionConflict
 from workflows.listeners import TransitionCommitted
 from workflows.services import Actor, transition_check, workflow_lock
-from workflows.states import Transition
+from workflows.states import MemberRole, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def autopilot_cancel(*, run_id: Any, actor: Actor) -> AIRun:
     """Cancel a run: at once if it is not running, between chunks if it is."""
     with transaction.atomic():
         run = AIRun.objects.select_for_update().select_related("workflow").get(pk=run_id)
-        workflow_lock(workflow_id=run.workflow_id, actor=actor)  # permission: a member
+        _, member_role = workflow_lock(workflow_id=run.workflow_id, actor=actor)
+        if member_role == MemberRole.VIEWER:
+            raise ActionForbidden("cancelling a run needs project role owner or developer")
         if not run.is_active:
             raise RunConflict(
                 f"run is {run.status}; only a queued, running or waiting run can be cancelled",

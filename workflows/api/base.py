@@ -6,13 +6,26 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from topdog.throttling import auth_failure_throttle
 from workflows.api.idempotency import IdempotentMixin
+from workflows.authentication import TooManyFailures
 from workflows.models import Project, Workflow
 from workflows.services import available_transitions
 
 
 class ApiView(IdempotentMixin, APIView):
     """Base of every TopDog API view: JSON, authenticated, idempotent POSTs."""
+
+    def permission_denied(self, request: Any, message: str | None = None, code: Any = None) -> None:
+        """A request without credentials is a failed authentication too: it counts
+        against its address like a bad token, and is 429 once the address is over."""
+        if request.authenticators and not request.successful_authenticator:
+            throttle = auth_failure_throttle()
+            wait = throttle.blocked(request)
+            if wait is not None:
+                raise TooManyFailures(wait=wait)
+            throttle.record(request)
+        super().permission_denied(request, message=message, code=code)
 
 
 def validated_data(serializer_class: type[serializers.Serializer], request: Any) -> dict:

@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -9,12 +10,11 @@ from rest_framework.response import Response
 
 from workflows import selectors
 from workflows.api.base import ApiView, validated_data
+from workflows.api.pagination import PAGE_PARAMETERS, PREVIEW_CHARS, paginated, tail
 from workflows.check_runs import check_run_cancel, check_run_request
 from workflows.errors import WorkflowNotFound
 from workflows.models import CheckRun
 from workflows.services import Actor
-
-CHECK_LIST_MAX = 100
 
 
 class CheckRunOutputSerializer(serializers.Serializer):
@@ -48,6 +48,25 @@ class CheckRunOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+class CheckRunSummarySerializer(CheckRunOutputSerializer):
+    """A check run in a list: `output` is its last PREVIEW_CHARS characters."""
+
+    output = serializers.SerializerMethodField(
+        help_text=f"The last {PREVIEW_CHARS} characters of the stored output tail."
+    )
+    truncated = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    def get_output(self, run: CheckRun) -> str:
+        return tail(run.output)[0]
+
+    def get_truncated(self, run: CheckRun) -> bool:
+        return tail(run.output)[1]
+
+    def get_url(self, run: CheckRun) -> str:
+        return reverse("api:workflow-check-detail", args=[run.workflow_id, run.pk])
+
+
 class CheckRunDetailSerializer(CheckRunOutputSerializer):
     diff = serializers.CharField(help_text="The change set as a unified diff against the base.")
 
@@ -59,11 +78,17 @@ class CheckRunInputSerializer(serializers.Serializer):
 
 
 class WorkflowCheckListApi(ApiView):
-    @extend_schema(responses=CheckRunOutputSerializer(many=True))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=CheckRunSummarySerializer(many=True))
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        runs = selectors.workflow_check_runs(workflow=workflow)[:CHECK_LIST_MAX]
-        return Response({"results": CheckRunOutputSerializer(runs, many=True).data})
+        runs = selectors.workflow_check_runs(workflow=workflow)
+        return paginated(
+            request,
+            self,
+            runs,
+            ("-created_at", "-id"),
+            lambda page: CheckRunSummarySerializer(page, many=True).data,
+        )
 
     @extend_schema(request=CheckRunInputSerializer, responses={202: CheckRunOutputSerializer})
     def post(self, request: Request, workflow_id: str) -> Response:

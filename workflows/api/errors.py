@@ -1,19 +1,25 @@
 """One mapping from domain errors to HTTP, with bodies that say what to do next.
 
 Every error body has `detail`; validation errors add `errors` (field -> messages) and
-conflicts add `current_state` and `allowed_transitions`.
+conflicts add `current_state` and `allowed_transitions`. A database that does not answer
+is 503 with Retry-After. What reaches no view (unknown /api/ routes, uncaught
+exceptions, limits) is answered in JSON by topdog/limits.py.
 """
 
+import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django_fsm import ConcurrentTransition
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from topdog.limits import DATABASE_RETRY_AFTER_SECONDS
+from workflows.authentication import TooManyFailures
 from workflows.errors import (
     ActionForbidden,
     CheckUnavailable,
@@ -23,6 +29,8 @@ from workflows.errors import (
     WorkflowNotFound,
 )
 from workflows.release import ReleaseFailed
+
+logger = logging.getLogger(__name__)
 
 
 class IdempotencyKeyReused(exceptions.APIException):
@@ -63,6 +71,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response({"detail": str(exc)}, status=409)
     if isinstance(exc, ActionForbidden):
         return Response({"detail": str(exc)}, status=403)
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or out of connections: a retry soon is the right move.
+        # Logged with the traceback, like any 5xx; the body says only what to do.
+        logger.error("database unavailable: %s", exc, exc_info=exc)
+        return Response(
+            {"detail": "the database is unavailable; retry in a few seconds"},
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": "request body too large"}, status=413)
     if isinstance(exc, DjangoValidationError):
@@ -76,10 +93,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         )
     response = drf_exception_handler(exc, context)
     if isinstance(exc, exceptions.Throttled) and response is not None:
+        reason = (
+            TooManyFailures.default_detail if isinstance(exc, TooManyFailures) else "rate limited"
+        )
         response.data = {
-            "detail": f"rate limited; retry in {exc.wait:.0f} seconds"
-            if exc.wait
-            else "rate limited"
+            "detail": f"{reason}; retry in {exc.wait:.0f} seconds" if exc.wait else reason
         }
     return response
 

@@ -1,21 +1,26 @@
 """REST resources: projects, workflows and the audit trail of each workflow."""
 
+import json
 from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpResponse
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
+from rest_framework.utils.urls import replace_query_param
 
 from integrations.repository import (
     UnsafeRepositoryReference,
     git_remote_url_check,
     repository_ref_parse,
 )
+from integrations.secrets import secret_value_problem
 from workflows import selectors
 from workflows.api.base import (
     ApiView,
@@ -26,8 +31,16 @@ from workflows.api.base import (
 )
 from workflows.api.filters import WorkflowFilter
 from workflows.api.ide import RequirementsField
+from workflows.api.pagination import (
+    MAX_PAGE_SIZE,
+    PAGE_PARAMETERS,
+    PAGE_SIZE,
+    PREVIEW_CHARS,
+    head,
+    paginated,
+)
 from workflows.errors import ActionForbidden, WorkflowNotFound
-from workflows.models import Membership, Project, sandbox_env_problem
+from workflows.models import Membership, Message, PhaseResult, Project, sandbox_env_problem
 from workflows.release import workflow_release
 from workflows.services import (
     Actor,
@@ -44,13 +57,23 @@ from workflows.states import PHASES, MemberRole, Role, State, Transition
 # --- projects --------------------------------------------------------------------------
 
 
+def _secret_problem(value: str) -> None:
+    problem = secret_value_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+
+
 def _secret_field(help_text: str) -> serializers.CharField:
     return serializers.CharField(
         write_only=True,
         required=False,
         allow_blank=True,
         max_length=500,
-        help_text=f"Write-only; stored encrypted; an empty string removes it. {help_text}",
+        # Not trimmed: a pasted newline is refused with a message, not silently changed.
+        trim_whitespace=False,
+        validators=[_secret_problem],
+        help_text=f"Write-only; stored encrypted; an empty string removes it; printable "
+        f"ASCII without whitespace. {help_text}",
     )
 
 
@@ -147,10 +170,16 @@ class ProjectCreateSerializer(ProjectInputSerializer):
 
 
 class ProjectListApi(ApiView):
-    @extend_schema(responses=ProjectOutputSerializer(many=True))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=ProjectOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        projects = selectors.project_list_for_user(user=request.user).order_by("slug")
-        return Response({"results": ProjectOutputSerializer(projects, many=True).data})
+        projects = selectors.project_list_for_user(user=request.user)
+        return paginated(
+            request,
+            self,
+            projects,
+            ("slug",),
+            lambda page: ProjectOutputSerializer(page, many=True).data,
+        )
 
     @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -185,8 +214,8 @@ class ProjectDetailApi(ApiView):
 
 
 class WorkflowPagination(CursorPagination):
-    page_size = 50
-    max_page_size = 200
+    page_size = PAGE_SIZE
+    max_page_size = MAX_PAGE_SIZE
     page_size_query_param = "page_size"
     ordering = ("-created_at", "-id")
 
@@ -402,6 +431,25 @@ class MessageOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class MessageSummarySerializer(MessageOutputSerializer):
+    """A message in a list: `content` is its first PREVIEW_CHARS characters."""
+
+    content = serializers.SerializerMethodField(
+        help_text=f"The first {PREVIEW_CHARS} characters; the whole text is at `url`."
+    )
+    truncated = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    def get_content(self, message: Message) -> str:
+        return head(message.content)[0]
+
+    def get_truncated(self, message: Message) -> bool:
+        return head(message.content)[1]
+
+    def get_url(self, message: Message) -> str:
+        return reverse("api:workflow-message-detail", args=[message.workflow_id, message.seq])
+
+
 class PhaseResultOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     phase = serializers.CharField()
@@ -412,6 +460,42 @@ class PhaseResultOutputSerializer(serializers.Serializer):
     content_hash = serializers.CharField()
     ai_response = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+
+class PhaseResultSummarySerializer(serializers.Serializer):
+    """A phase result in a list: previews of `result` (as JSON text) and `ai_response`."""
+
+    id = serializers.IntegerField()
+    phase = serializers.CharField()
+    attempt = serializers.IntegerField()
+    status = serializers.CharField()
+    artifacts = serializers.JSONField()
+    content_hash = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    result_preview = serializers.SerializerMethodField(
+        help_text=f"The evidence as compact JSON text, cut at {PREVIEW_CHARS} characters."
+    )
+    ai_response = serializers.SerializerMethodField(
+        help_text=f"The first {PREVIEW_CHARS} characters."
+    )
+    truncated = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    def get_result_preview(self, result: PhaseResult) -> str:
+        return head(_compact_json(result.result))[0]
+
+    def get_ai_response(self, result: PhaseResult) -> str:
+        return head(result.ai_response)[0]
+
+    def get_truncated(self, result: PhaseResult) -> bool:
+        return head(_compact_json(result.result))[1] or head(result.ai_response)[1]
+
+    def get_url(self, result: PhaseResult) -> str:
+        return reverse("api:workflow-phase-result-detail", args=[result.workflow_id, result.pk])
+
+
+def _compact_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, cls=JSONEncoder)
 
 
 EVENT_PAGE_MAX = 1000
@@ -431,28 +515,39 @@ class WorkflowEventListApi(ApiView):
         limit = _int_param(request, "limit", EVENT_PAGE_MAX, minimum=1, maximum=EVENT_PAGE_MAX)
         events = list(selectors.workflow_events(workflow=workflow, after=after)[:limit])
         last = events[-1].seq if events else after
+        next_after = last if last < workflow.last_event_seq else None
+        next_url = None
+        if next_after is not None:
+            next_url = replace_query_param(request.build_absolute_uri(), "after", next_after)
         return Response(
             {
                 "workflow_id": workflow.id,
                 "last_seq": workflow.last_event_seq,
-                "next_after": last if last < workflow.last_event_seq else None,
+                "next_after": next_after,
+                "next": next_url,
                 "results": EventOutputSerializer(events, many=True).data,
             }
         )
 
 
 class WorkflowHandoffListApi(ApiView):
-    @extend_schema(responses=HandoffOutputSerializer(many=True))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=HandoffOutputSerializer(many=True))
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         handoffs = selectors.workflow_handoffs(workflow=workflow)
-        return Response({"results": HandoffOutputSerializer(handoffs, many=True).data})
+        return paginated(
+            request,
+            self,
+            handoffs,
+            ("event_seq", "id"),
+            lambda page: HandoffOutputSerializer(page, many=True).data,
+        )
 
 
 class WorkflowMessageListApi(ApiView):
     @extend_schema(
-        parameters=[OpenApiParameter("role", str, enum=[r.value for r in Role])],
-        responses=MessageOutputSerializer(many=True),
+        parameters=[OpenApiParameter("role", str, enum=[r.value for r in Role]), *PAGE_PARAMETERS],
+        responses=MessageSummarySerializer(many=True),
     )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
@@ -460,15 +555,63 @@ class WorkflowMessageListApi(ApiView):
         if role and role not in Role.values:
             raise serializers.ValidationError({"role": [f"choose from {', '.join(Role.values)}"]})
         messages = selectors.workflow_messages(workflow=workflow, role=role)
-        return Response({"results": MessageOutputSerializer(messages, many=True).data})
+        return paginated(
+            request,
+            self,
+            messages,
+            ("seq",),
+            lambda page: MessageSummarySerializer(page, many=True).data,
+        )
+
+
+class WorkflowMessageDetailApi(ApiView):
+    @extend_schema(responses=MessageOutputSerializer)
+    def get(self, request: Request, workflow_id: str, seq: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        message = (
+            selectors.workflow_messages(workflow=workflow).filter(seq=_int_or_404(seq)).first()
+        )
+        if message is None:
+            raise WorkflowNotFound("message not found")
+        return Response(MessageOutputSerializer(message).data)
 
 
 class WorkflowPhaseResultListApi(ApiView):
-    @extend_schema(responses=PhaseResultOutputSerializer(many=True))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=PhaseResultSummarySerializer(many=True))
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         results = selectors.workflow_phase_results(workflow=workflow)
-        return Response({"results": PhaseResultOutputSerializer(results, many=True).data})
+        return paginated(
+            request,
+            self,
+            results,
+            ("created_at", "id"),
+            lambda page: PhaseResultSummarySerializer(page, many=True).data,
+        )
+
+
+class WorkflowPhaseResultDetailApi(ApiView):
+    @extend_schema(responses=PhaseResultOutputSerializer)
+    def get(self, request: Request, workflow_id: str, result_id: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        result = (
+            selectors.workflow_phase_results(workflow=workflow)
+            .filter(pk=_int_or_404(result_id))
+            .first()
+        )
+        if result is None:
+            raise WorkflowNotFound("phase result not found")
+        return Response(PhaseResultOutputSerializer(result).data)
+
+
+def _int_or_404(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise WorkflowNotFound("not found") from None
+    if number < 0 or number > 2**31:
+        raise WorkflowNotFound("not found")
+    return number
 
 
 def _int_param(

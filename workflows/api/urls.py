@@ -49,6 +49,16 @@ urlpatterns = [
         name="workflow-phase-results",
     ),
     path(
+        "workflows/<str:workflow_id>/phase-results/<str:result_id>/",
+        resources.WorkflowPhaseResultDetailApi.as_view(),
+        name="workflow-phase-result-detail",
+    ),
+    path(
+        "workflows/<str:workflow_id>/messages/<str:seq>/",
+        resources.WorkflowMessageDetailApi.as_view(),
+        name="workflow-message-detail",
+    ),
+    path(
         "workflows/<str:workflow_id>/release/",
         resources.WorkflowReleaseApi.as_view(),
         name="workflow-release",

@@ -16,8 +16,10 @@ def _fresh_channel_layer():
     channel_layers.backends.clear()
 
 
-def communicator(path: str, token: str | None = None, origin: str | None = None):
-    headers = []
+def communicator(
+    path: str, token: str | None = None, origin: str | None = None, host: str | None = None
+):
+    headers = [(b"host", host.encode())] if host else []
     if token:
         headers.append((b"authorization", f"Token {token}".encode()))
     if origin:

@@ -183,7 +183,12 @@ async def test_foreign_browser_origin_is_refused(project, user, token):
     ws = communicator(f"/ws/workflows/{workflow.id}/", token, origin="https://evil.example")
     connected, _ = await ws.connect()
     assert not connected
-    ok = communicator(f"/ws/workflows/{workflow.id}/", token, origin="http://localhost:8000")
+    ok = communicator(
+        f"/ws/workflows/{workflow.id}/",
+        token,
+        origin="http://localhost:8000",
+        host="localhost:8000",
+    )
     connected, _ = await ok.connect()
     assert connected
     await ok.disconnect()
