@@ -191,10 +191,10 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "workflows.api.errors.exception_handler",
-    # With Redis, the windows live in Redis (topdog/throttling.py: one round trip).
+    # With Redis, the windows live in Redis (workflows/api/throttling.py: one round trip).
     "DEFAULT_THROTTLE_CLASSES": [
-        "topdog.throttling.RedisAnonRateThrottle",
-        "topdog.throttling.RedisUserRateThrottle",
+        "workflows.api.throttling.RedisAnonRateThrottle",
+        "workflows.api.throttling.RedisUserRateThrottle",
     ]
     if REDIS_URL
     else [
