@@ -16,6 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from topdog.observability.provider_calls import ProviderCall, provider_call_observed
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -146,7 +148,46 @@ def complete_with_retries(
 
     Only the returned Completion is ever stored; the deltas of a failed attempt were
     shown live and are superseded by the next attempt's (see DeltaCallback).
+
+    Every call is observed (topdog.observability.provider_calls): its latency, outcome,
+    tokens and cost as metrics, each failed attempt as an error, one span when tracing
+    is on, and its workflow_id and phase on the log lines written meanwhile.
     """
+    with provider_call_observed(provider.name, request) as call:
+        completion = _attempts(
+            provider,
+            request,
+            call=call,
+            deadline_seconds=deadline_seconds,
+            on_delta=on_delta,
+            should_cancel=should_cancel,
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            min_attempt_seconds=min_attempt_seconds,
+            sleep=sleep,
+            clock=clock,
+        )
+        call.completed(completion)
+        return completion
+
+
+def _attempts(
+    provider: Provider,
+    request: ChatRequest,
+    *,
+    call: ProviderCall,
+    deadline_seconds: float,
+    on_delta: DeltaCallback | None,
+    should_cancel: CancelCheck | None,
+    max_attempts: int,
+    base_delay: float,
+    max_delay: float,
+    min_attempt_seconds: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> Completion:
+    """complete_with_retries' loop, reporting each failed attempt to `call`."""
     on_delta = on_delta or (lambda _chunk, _attempt: None)
     should_cancel = should_cancel or (lambda: False)
     deadline = clock() + deadline_seconds
@@ -176,9 +217,11 @@ def complete_with_retries(
             )
         except ProviderCancelled as exc:
             exc.attempts = attempt
+            call.attempt_failed(exc)
             raise
         except ProviderError as exc:
             exc.attempts = attempt
+            call.attempt_failed(exc)
             last_error = exc
             if not exc.retryable:
                 raise
