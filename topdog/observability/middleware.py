@@ -91,12 +91,16 @@ class RequestObservabilityMiddleware:
             method=request.method or "", route=route, status=response.status_code, seconds=seconds
         )
         latency_ms = round(seconds * 1000, 1)
+        # The message says it all for the plain format; JSON lines also get the fields.
         access_logger.info(
-            "%s %s %s %sms",
+            "%s %s %s %sms route=%s user=%s request_id=%s",
             request.method,
             request.path,
             response.status_code,
             latency_ms,
+            route,
+            user or "-",
+            request.request_id,
             extra={
                 "method": request.method,
                 "route": route,
