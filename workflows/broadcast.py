@@ -15,6 +15,10 @@ Sends never start a thread or an event loop of their own:
   thread-safe) the caller waits until its send is done, as before. Either way a caller
   waits at most `SEND_WAIT_SECONDS`, and at exit the process waits up to
   `EXIT_FLUSH_SECONDS` for what is still queued (`broadcast_flush`).
+
+`BoundedRedisChannelLayer` (the layer settings name with Redis) is channels-redis with at
+most `in_flight` operations at once per event loop, so that a few hundred websockets
+closing together queue for the connection pool instead of failing.
 """
 
 import asyncio
@@ -22,6 +26,7 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -29,6 +34,7 @@ from functools import partial
 from typing import Any
 
 from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +253,48 @@ def workflow_live_frame_send(*, workflow_id: Any, frame: dict) -> None:
     """Send a frame that is not persisted (`ai.delta`, `ai.run`, `check.output`) to the
     workflow's websocket clients. Best-effort: the database is the record."""
     group_send(workflow_group(workflow_id), {"type": "live.frame", "frame": frame})
+
+
+class BoundedRedisChannelLayer(RedisChannelLayer):
+    """channels-redis with at most `in_flight` sends and group operations at once per
+    event loop; the rest wait their turn, first come first served.
+
+    channels-redis gives each event loop one redis-py connection pool per shard, and
+    redis-py 8's pool holds at most 100 connections and raises MaxConnectionsError past
+    that rather than wait. Every `group_add`, `group_discard`, `group_send` and `send`
+    takes a connection for its round trips, so 500 websockets closing at once (each
+    consumer discarding its groups) used to fail by the dozen, leaving their members in
+    Redis until the group expiry, with messages queued for them on every group_send.
+    Receiving is not bounded: channels-redis has one BZPOPMIN (and one clean-up) in
+    flight per process, so `in_flight` plus two stays below the pool's limit.
+    """
+
+    def __init__(self, *args: Any, in_flight: int = 50, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_flight = in_flight
+        # Semaphores are bound to the loop that first waits on them, and one layer serves
+        # every loop of the process (the server's, the sender's, a test's).
+        self._gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _gate(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(self.in_flight)
+        return gate
+
+    async def send(self, channel: str, message: dict) -> None:
+        async with self._gate():
+            await super().send(channel, message)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        async with self._gate():
+            await super().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        async with self._gate():
+            await super().group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict) -> None:
+        async with self._gate():
+            await super().group_send(group, message)
