@@ -126,12 +126,17 @@ def _deliver(send: Callable[[], Awaitable[None]], what: str, layer: Any) -> None
     except RuntimeError:  # the interpreter is shutting down: no new threads
         logger.warning("%s dropped: the process is exiting", what)
         return
-    if in_loop or type(layer).__module__.startswith(CROSS_PROCESS_LAYERS):
+    if in_loop or _cross_process(layer):
         return
     try:
         sending.result(timeout=SEND_WAIT_SECONDS)
     except FutureTimeout:
         logger.warning("%s still pending after %s s; going on", what, SEND_WAIT_SECONDS)
+
+
+def _cross_process(layer: Any) -> bool:
+    """Whether other processes read `layer` (it is, or extends, one of channels-redis's)."""
+    return any(cls.__module__.startswith(CROSS_PROCESS_LAYERS) for cls in type(layer).__mro__)
 
 
 def broadcast_flush(timeout: float = EXIT_FLUSH_SECONDS) -> bool:

@@ -224,3 +224,12 @@ def test_a_command_that_exits_right_after_its_commit_still_sends(tmp_path):
     )
     # then: both groups got it before the process ended
     assert out.read_text().split() == ["workflow", "project"]
+
+
+def test_topdogs_redis_layer_is_not_waited_for_and_the_in_memory_one_is():
+    from channels.layers import InMemoryChannelLayer
+
+    from workflows.broadcast import BoundedRedisChannelLayer
+
+    assert broadcast._cross_process(BoundedRedisChannelLayer())
+    assert not broadcast._cross_process(InMemoryChannelLayer())
