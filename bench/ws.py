@@ -22,6 +22,17 @@ has every frame (or a timeout):
 Latency = `time.time()` when a client's `recv` returns a frame minus the commit (app) or
 first send (floors): one machine, one clock. Every client must receive every seq of its
 measured range exactly once and in order; anything else is counted.
+
+After the last (largest) count's clients have closed, it prints, for the log and for
+scripts:
+
+    stale_group_members=<n>      memberships left in Redis once every client has gone
+    max_connections_errors=<n>   redis-py MaxConnectionsError tracebacks in daphne's log
+    RATIO ws_p99_<N> <p99 app / p99 floor> target <= 2.0 PASS|MISS   (PASS: none lost,
+                                 duplicated or out of order, too)
+
+Clients close `close_concurrency` at a time (25; BENCH_WS_CLOSE_CONCURRENCY=0 closes
+each count's clients all at once: a disconnect storm).
 """
 
 import asyncio
@@ -29,6 +40,7 @@ import contextlib
 import gc
 import itertools
 import json
+import os
 import resource
 import time
 from collections import Counter
@@ -54,16 +66,22 @@ class WsConfig:
     warmup: int  # unmeasured rounds at each count
     limit_p99_ratio: float = 2.0
     timeout_s: float = 15.0  # per transition, for every client to have every frame
-    connect_concurrency: int = 25  # handshakes (and closes) in flight; daphne's backlog is 50
+    connect_concurrency: int = 25  # handshakes in flight; daphne's backlog is 50
+    close_concurrency: int = 25  # closes in flight; 0: all of a count's clients at once
     settle_s: float = 2.0  # after closing a count's clients, before the next connect
 
     @classmethod
     def full(cls) -> "WsConfig":
-        return cls(sizes=(1, 50, 500), transitions=(200, 200, 30), warmup=6)
+        return cls(sizes=(1, 50, 500), transitions=(200, 200, 30), warmup=6, **_close_from_env())
 
     @classmethod
     def quick(cls) -> "WsConfig":
-        return cls(sizes=(1, 50, 500), transitions=(20, 20, 6), warmup=2)
+        return cls(sizes=(1, 50, 500), transitions=(20, 20, 6), warmup=2, **_close_from_env())
+
+
+def _close_from_env() -> dict:
+    value = os.environ.get("BENCH_WS_CLOSE_CONCURRENCY", "").strip()
+    return {"close_concurrency": int(value)} if value else {}
 
 
 @dataclass
@@ -144,8 +162,12 @@ def run(
     driver_env: dict,
     driver_log: Path,
 ) -> dict:
-    """Every client count in turn, app and floors interleaved; stats, verdicts, checks."""
-    return asyncio.run(
+    """Every client count in turn, app and floors interleaved; stats, verdicts, checks.
+
+    Then the lines the module docstring names: memberships left and daphne's
+    MaxConnectionsErrors (with Redis), and the ratio at the largest count.
+    """
+    found = asyncio.run(
         _run(
             config=config,
             port=port,
@@ -161,6 +183,30 @@ def run(
             ),
         )
     )
+    redis_url = driver_env.get("REDIS_URL")
+    if redis_url:
+        from django.conf import settings
+
+        prefix = getattr(settings, "BENCH_REDIS_PREFIX", "asgi")
+        left = group_members(redis_url=redis_url, prefix=prefix, groups=found["groups"])
+        # daphne's log beside the driver's (bench/run.py writes both to bench/results/)
+        server_log = driver_log.with_name("daphne-ws.log")
+        text = server_log.read_text(errors="replace") if server_log.exists() else ""
+        found["max_connections_errors"] = text.count(MAX_CONNECTIONS_ERROR)
+        print(f"stale_group_members={sum(left.values())}", flush=True)
+        print(f"max_connections_errors={found['max_connections_errors']}", flush=True)
+    largest = max(config.sizes)
+    target = next(t for t in found["targets"] if t["measured"] == f"{APP} @ {largest}")
+    verdict = "PASS" if target["passed"] else "MISS"
+    print(
+        f"RATIO ws_p99_{largest} {target['p99_ratio']:.3f} target <= "
+        f"{target['limit_p99_ratio']} {verdict}",
+        flush=True,
+    )
+    return found
+
+
+MAX_CONNECTIONS_ERROR = "redis.exceptions.MaxConnectionsError:"  # a traceback's last line
 
 
 async def _run(
@@ -262,7 +308,7 @@ async def _size(
                         kind.marks.update(dict.fromkeys(seqs, mark))
     finally:
         for kind in kinds:
-            await _close(kind.listeners, config.connect_concurrency, 0)
+            await _close(kind.listeners, config.close_concurrency, 0)
         await asyncio.sleep(config.settle_s)
     shapes = driver.messages[config.warmup :]
     per_transition = sum(map(len, shapes)) / len(shapes)
@@ -291,6 +337,21 @@ def groups_clear(
     """
     import redis
 
+    left = group_members(redis_url=redis_url, prefix=prefix, groups=groups, wait_s=wait_s)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        client.delete(*(f"{prefix}:group:{group}" for group in groups))
+    finally:
+        client.close()
+    return left
+
+
+def group_members(
+    *, redis_url: str, prefix: str, groups: list[str], wait_s: float = 12.0
+) -> dict[str, int]:
+    """Members left in each of `groups`, waiting up to `wait_s` for them all to leave."""
+    import redis
+
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     keys = {group: f"{prefix}:group:{group}" for group in groups}
     deadline = time.monotonic() + wait_s
@@ -298,12 +359,10 @@ def groups_clear(
         while True:
             left = {group: client.zcard(key) for group, key in keys.items()}
             if not any(left.values()) or time.monotonic() > deadline:
-                break
+                return left
             time.sleep(0.5)
-        client.delete(*keys.values())
     finally:
         client.close()
-    return left
 
 
 @dataclass
@@ -450,12 +509,13 @@ async def _listen(listener: Listener, tracker: Tracker) -> None:
 
 
 async def _close(listeners: list[Listener], concurrency: int, settle_s: float) -> None:
-    """Close a few at a time, then give the server time to finish their disconnects.
+    """Close a few at a time (`concurrency` 0: all at once), then give the server time to
+    finish their disconnects.
 
     A whole series closing at once would measure a disconnect storm (every consumer's
     group_discard at the same moment) in the next series instead of its own fan-out.
     """
-    gate = asyncio.Semaphore(concurrency)
+    gate = asyncio.Semaphore(concurrency or max(len(listeners), 1))
 
     async def one(listener: Listener) -> None:
         async with gate:

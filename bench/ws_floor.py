@@ -13,8 +13,10 @@
   an outer transaction whose first `on_commit` hook takes the time, so the mark is taken
   after COMMIT and before the service's own broadcast hook runs.
 - `floor_send`: `group_send`s messages of that same shape to a floor group, from sync code
-  through `async_to_sync` as the service's broadcast does, and answers when the first
-  send began.
+  on one event loop that the driver keeps (the service's broadcast, too, sends on one
+  long-lived loop per process, though on a thread of its own), and answers when the first
+  send began. Through the server's view (in-memory layer) it sends on the server's loop,
+  through `async_to_sync`, as the service's broadcast does there.
 
 `bench/ws_driver.py` calls the two in its own process (with Redis, the production shape:
 the commit happens on an API node or worker, the websocket node only delivers). With the
@@ -22,7 +24,9 @@ in-memory layer only the server's own process reaches its groups, so the driver 
 them through the views here (POST `/bench/ws/transition`, `/bench/ws/floor/send`).
 """
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +42,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from workflows.broadcast import workflow_group
+from workflows.broadcast import broadcast_flush, workflow_group
 from workflows.evidence import EVIDENCE_EXAMPLES
 from workflows.models import Workflow
 from workflows.services import Actor, workflow_phase_complete
@@ -124,15 +128,19 @@ def transition_commit(*, workflow_id: str, user_id: int) -> dict:
     user = get_user_model().objects.get(pk=user_id)
     state = Workflow.objects.values_list("state", flat=True).get(pk=workflow_id)
     committed: list[float] = []
-    with _group_sends_recorded(workflow_group(workflow_id)) as messages, transaction.atomic():
-        transaction.on_commit(lambda: committed.append(time.time()))
-        outcome = workflow_phase_complete(
-            workflow_id=workflow_id,
-            ai_response="Bench phase result.",
-            result=EVIDENCE_FOR[state],
-            actor=Actor.of(user),
-        )
-    sent = time.time()  # the broadcast hook has returned: every group_send is done
+    with _group_sends_recorded(workflow_group(workflow_id)) as messages:
+        with transaction.atomic():
+            transaction.on_commit(lambda: committed.append(time.time()))
+            outcome = workflow_phase_complete(
+                workflow_id=workflow_id,
+                ai_response="Bench phase result.",
+                result=EVIDENCE_FOR[state],
+                actor=Actor.of(user),
+            )
+        # Outside a server the broadcast hook hands its sends to the process's sender
+        # loop and returns; wait for them, to answer what was sent and when it was done.
+        broadcast_flush()
+    sent = time.time()  # every group_send of the broadcast is done
     return {
         "mark": committed[0],
         "send_ms": round((sent - committed[0]) * 1e3, 3),
@@ -143,7 +151,9 @@ def transition_commit(*, workflow_id: str, user_id: int) -> dict:
     }
 
 
-def floor_send(*, group: str, first_seq: int, messages: list[list[int]]) -> dict:
+def floor_send(
+    *, group: str, first_seq: int, messages: list[list[int]], in_server: bool = False
+) -> dict:
     """One `group_send` per message, with frames of the given sizes; when the first began."""
     seq = first_seq
     payloads = []
@@ -157,9 +167,23 @@ def floor_send(*, group: str, first_seq: int, messages: list[list[int]]) -> dict
     for payload in payloads:
         for frame in payload["frames"]:
             frame["at"] = sent_at
-    async_to_sync(_send_all)(floor_group(group), payloads)
+    if in_server:  # a view's thread: async_to_sync runs it on the server's loop
+        async_to_sync(_send_all)(floor_group(group), payloads)
+    else:
+        _loop().run_until_complete(_send_all(floor_group(group), payloads))
     sent = time.time()
     return {"mark": sent_at, "send_ms": round((sent - sent_at) * 1e3, 3), "last_seq": seq - 1}
+
+
+_loops = threading.local()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop for floor sends: made once, so its Redis connections stay."""
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop
 
 
 async def _send_all(group: str, payloads: list[dict[str, Any]]) -> None:
@@ -205,5 +229,10 @@ def transition_view(request: HttpRequest) -> JsonResponse:
 def floor_send_view(request: HttpRequest) -> JsonResponse:
     body = json.loads(request.body)
     return JsonResponse(
-        floor_send(group=body["group"], first_seq=body["first_seq"], messages=body["messages"])
+        floor_send(
+            group=body["group"],
+            first_seq=body["first_seq"],
+            messages=body["messages"],
+            in_server=True,
+        )
     )

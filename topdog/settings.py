@@ -136,7 +136,9 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis with its operations per event loop bounded below redis-py's
+            # pool limit (100), so a disconnect storm queues instead of failing.
+            "BACKEND": "workflows.broadcast.BoundedRedisChannelLayer",
             "CONFIG": {
                 # redis-py 8 times socket reads out after 5 s by default, the same 5 s that
                 # channels-redis blocks in BZPOPMIN; a longer read timeout keeps idle
@@ -144,6 +146,7 @@ if REDIS_URL:
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
                 "expiry": 60,
+                "in_flight": env_int("CHANNEL_LAYER_IN_FLIGHT", 50),
             },
         }
     }

@@ -6,15 +6,21 @@ duplicate. Channel-layer delivery is at-most-once, so the consumer never trusts 
 alone: it joins the group *before* replaying from the database, drops live frames it
 has already sent, and fills any gap it sees from the database. A client that is too far
 behind to catch up over the socket is told to resync (close code 4409).
+
+On close a consumer leaves its groups, retrying a failed discard a few times (within
+daphne's 10 s close timeout): a member left behind stays in Redis until the group
+expires, and every group_send queues a message for it.
 """
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from workflows import selectors
 from workflows.broadcast import project_group, workflow_group
@@ -27,8 +33,36 @@ CLOSE_UNAUTHORISED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_RESYNC = 4409
 
+GROUP_DISCARD_ATTEMPTS = 4  # waits about 0.05, 0.2, 0.8 s between them (jittered)
 
-class WorkflowConsumer(AsyncJsonWebsocketConsumer):
+
+class _Consumer(AsyncJsonWebsocketConsumer):
+    """Leaves its groups on close like channels' consumer, retrying a failed discard."""
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        groups, self.groups = self.groups, []
+        for group in groups:
+            await group_leave(self.channel_layer, group, self.channel_name)
+        await super().websocket_disconnect(message)  # disconnect(), then stop
+
+
+async def group_leave(layer: Any, group: str, channel: str) -> bool:
+    """Discard `channel` from `group`, retrying with backoff; False (logged) if it stayed."""
+    delay = 0.05
+    for attempt in range(1, GROUP_DISCARD_ATTEMPTS + 1):
+        try:
+            await layer.group_discard(group, channel)
+            return True
+        except (RedisError, OSError) as exc:
+            if attempt == GROUP_DISCARD_ATTEMPTS:
+                logger.warning("could not leave %s after %d attempts: %r", group, attempt, exc)
+                return False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay *= 4
+    return False
+
+
+class WorkflowConsumer(_Consumer):
     """`/ws/workflows/<uuid>/?after=<seq>`: replay, then live events of one workflow."""
 
     async def connect(self) -> None:
@@ -145,7 +179,7 @@ class WorkflowConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("websocket heartbeat failed")
 
 
-class DashboardConsumer(AsyncJsonWebsocketConsumer):
+class DashboardConsumer(_Consumer):
     """`/ws/dashboard/`: a snapshot of the user's workflows, then every change to them."""
 
     async def connect(self) -> None:

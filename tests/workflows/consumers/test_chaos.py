@@ -3,7 +3,8 @@
 500 transitions run across several workflows while websocket clients disconnect and
 reconnect with their last seq. At the end every client's seqs per workflow are exactly
 1..N and equal the database's events. The Redis variant squeezes the channel layer's
-capacity (1 message) so live messages really are dropped and recovery comes from the database.
+capacity (1 message) so live messages really are dropped and recovery comes from the database,
+and lets 2 of its operations run at once per event loop, so that they queue for their turn.
 """
 
 import asyncio
@@ -184,10 +185,12 @@ async def test_chaos_redis_layer_with_tiny_capacity_drops_and_recovers(
 ):
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # the layer TopDog runs on Redis (operations bounded per loop), squeezed
+            "BACKEND": django_settings.CHANNEL_LAYERS["default"]["BACKEND"],
             "CONFIG": {
                 "hosts": django_settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"],
                 "capacity": 1,
+                "in_flight": 2,  # layer operations queue behind each other, too
                 "expiry": 5,
             },
         }
