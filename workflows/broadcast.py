@@ -62,7 +62,7 @@ def project_group(project_id: Any) -> str:
 
 
 def event_frame(event: Any) -> dict:
-    """The websocket frame of a persisted event (DESIGN.md: type, seq, workflow_id, data, at)."""
+    """The websocket frame of a persisted event: type, seq, workflow_id, data, at."""
     return {
         "type": event.type,
         "seq": event.seq,
