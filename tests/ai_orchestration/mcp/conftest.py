@@ -5,11 +5,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx2
+import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.factories import MembershipFactory, ProjectFactory
+
 # The browser tests' live server (daphne on the test database, sandbox off), reused.
 from tests.workflows.web.conftest import live_server_url  # noqa: F401
+
+
+@pytest.fixture
+def local_project(user):
+    """alice's project with no repository (nothing to fetch from GitHub)."""
+    project = ProjectFactory(slug="local", name="Local Tool", repository="")
+    MembershipFactory(project=project, user=user)
+    return project
 
 
 @asynccontextmanager

@@ -34,14 +34,6 @@ TOOLS = {
 }
 
 
-@pytest.fixture
-def local_project(user):
-    """alice's project with no repository (nothing to fetch from GitHub)."""
-    project = ProjectFactory(slug="local", name="Local Tool", repository="")
-    MembershipFactory(project=project, user=user)
-    return project
-
-
 def test_lists_its_tools_resources_and_prompts(live_server_url, user):
     token = api_token_for(user)
 
