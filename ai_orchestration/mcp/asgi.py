@@ -2,7 +2,9 @@
 
 Before the MCP SDK sees a request: the Host must be one of ALLOWED_HOSTS (Django's rule;
 400 otherwise), and `Authorization: Token <token>` or `Bearer <token>` must name an
-active user's API token (`workflows.selectors.api_token_find`; 401 JSON otherwise). The
+active user's API token (`workflows.selectors.api_token_find`; 401 JSON otherwise, with
+the REST API's texts). Failures count against the client's address in the REST API's
+failed-authentication throttle, so an address over its rate is 429 here as there. The
 user goes into the scope as `user`, where the tools read it.
 
 The SDK's Streamable HTTP session manager serves the request, stateless and with JSON
@@ -19,6 +21,7 @@ async caller's on the one shared thread.
 """
 
 import asyncio
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,16 +30,21 @@ from typing import Any
 from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http.request import split_domain_port, validate_host
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from rest_framework.request import Request
 
 from ai_orchestration.mcp.server import mcp_server_build
+from workflows.api.throttling import auth_failure_throttle
+from workflows.authentication import TooManyFailures
 from workflows.selectors import api_token_find
 
 NO_CREDENTIALS = "Authentication credentials were not provided."
 BAD_TOKEN = "invalid or revoked token; create one with `manage.py topdog token create`"
+DEACTIVATED = "this user is deactivated"
 
 
 @dataclass
@@ -61,12 +69,9 @@ class McpApplication:
     async def _serve(self, scope: dict, receive: Any, send: Any) -> None:
         if not _host_allowed(scope):
             return await _json(send, 400, {"detail": "invalid Host header"})
-        raw = _token_from(scope)
-        if raw is None:
-            return await _json(send, 401, {"detail": NO_CREDENTIALS})
-        user = await database_sync_to_async(_token_user)(raw)
-        if user is None:
-            return await _json(send, 401, {"detail": BAD_TOKEN})
+        user, refusal = await database_sync_to_async(_authenticate)(scope)
+        if refusal is not None:
+            return await _json(send, *refusal)
         manager = await self._manager()
         await manager.handle_request({**scope, "user": user}, receive, send)
 
@@ -102,11 +107,21 @@ async def _hold(manager: StreamableHTTPSessionManager, ready: asyncio.Event) -> 
         ready.set()  # a failed start: requests then get the manager's own error
 
 
-def _token_user(raw: str) -> Any:
-    token = api_token_find(raw=raw)
-    if token is None or not token.user.is_active:
-        return None
-    return token.user
+def _authenticate(scope: dict) -> tuple[Any, tuple | None]:
+    """(the token's user, None), or (None, (status, body, retry after)) to refuse with."""
+    request = Request(ASGIRequest(scope, io.BytesIO()))
+    throttle = auth_failure_throttle()
+    wait = throttle.blocked(request)
+    if wait is not None:
+        detail = f"{TooManyFailures.default_detail}; retry in {wait:.0f} seconds"
+        return None, (429, {"detail": detail}, wait)
+    raw = _token_from(scope)
+    token = api_token_find(raw=raw) if raw is not None else None
+    if token is not None and token.user.is_active:
+        return token.user, None
+    throttle.record(request)
+    detail = NO_CREDENTIALS if raw is None else BAD_TOKEN if token is None else DEACTIVATED
+    return None, (401, {"detail": detail}, None)
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -131,10 +146,12 @@ def _host_allowed(scope: dict) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
-async def _json(send: Any, status: int, body: dict) -> None:
+async def _json(send: Any, status: int, body: dict, retry_after: float | None = None) -> None:
     headers = [(b"content-type", b"application/json")]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="topdog"'))
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % retry_after))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 

@@ -77,3 +77,34 @@ def test_a_host_outside_allowed_hosts_is_refused(user):
 
     assert response.status_code == 400
     assert response.json() == {"detail": "invalid Host header"}
+
+
+def test_failed_authentications_share_the_rest_apis_throttle(settings, user, api):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "auth_failure": "3/minute",
+        },
+    }
+    good = api_token_for(user)
+
+    async def attempts():
+        transport = httpx2.ASGITransport(app=McpApplication(), client=("127.0.0.1", 4000))
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            guesses = [
+                await http.post("/mcp", json={}, headers={"Authorization": "Bearer td_guess"})
+                for _ in range(4)
+            ]
+            honest = await http.post("/mcp", json={}, headers={"Authorization": f"Token {good}"})
+        return guesses, honest
+
+    guesses, honest = anyio.run(attempts)
+    rest = api.get("/api/projects/")  # the same address (127.0.0.1), a good token
+
+    assert [r.status_code for r in guesses] == [401, 401, 401, 429]
+    assert guesses[3].json()["detail"].startswith("too many failed authentications")
+    assert 0 <= int(guesses[3].headers["retry-after"]) <= 60
+    # over the rate the address is refused whatever it sends, over MCP and REST alike
+    assert honest.status_code == 429
+    assert rest.status_code == 429
