@@ -15,14 +15,13 @@ from ai_orchestration.autopilot.selectors import (
     run_list_for_workflow,
 )
 from ai_orchestration.autopilot.services import autopilot_cancel, autopilot_start
-from ai_orchestration.context import prompt_request_build
+from ai_orchestration.context import prompt_request_next
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
 from workflows.api.pagination import PAGE_PARAMETERS, paginated
-from workflows.errors import TransitionConflict
 from workflows.selectors import workflow_usage
-from workflows.services import Actor, available_transitions
+from workflows.services import Actor
 
 
 class GetAiPromptApi(ApiView):
@@ -35,14 +34,7 @@ class GetAiPromptApi(ApiView):
     @extend_schema(request=None, responses=GetAiPromptOutputSerializer)
     def post(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
-        if workflow.is_terminal or workflow.awaiting_approval:
-            waiting = "awaiting approval" if workflow.awaiting_approval else "finished"
-            raise TransitionConflict(
-                f"workflow is in {workflow.state} ({waiting}); there is no prompt to send",
-                current_state=workflow.state,
-                allowed=available_transitions(workflow, workflow.member_role),
-            )
-        prompt = prompt_request_build(workflow=workflow)
+        prompt = prompt_request_next(workflow=workflow)
         return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)
 
 

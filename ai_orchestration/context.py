@@ -14,8 +14,10 @@ from django.conf import settings
 from ai_orchestration.repository_context import repository_context_text
 from ai_orchestration.review_context import review_context_text
 from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
+from workflows.errors import TransitionConflict
 from workflows.evidence import evidence_example_text
 from workflows.models import Handoff, Message, RoleContext, Workflow
+from workflows.services import available_transitions
 from workflows.states import HandoffKind, Sender
 
 DEFAULT_CONTEXT_TOKENS = 128_000
@@ -41,6 +43,19 @@ class PromptRequest:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+
+
+def prompt_request_next(*, workflow: Workflow) -> PromptRequest:
+    """The request get-ai-prompt serves; TransitionConflict (409) while the workflow waits
+    at a gate or has ended, when there is no prompt to send."""
+    if workflow.is_terminal or workflow.awaiting_approval:
+        waiting = "awaiting approval" if workflow.awaiting_approval else "finished"
+        raise TransitionConflict(
+            f"workflow is in {workflow.state} ({waiting}); there is no prompt to send",
+            current_state=workflow.state,
+            allowed=available_transitions(workflow, getattr(workflow, "member_role", None)),
+        )
+    return prompt_request_build(workflow=workflow)
 
 
 def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = None) -> PromptRequest:

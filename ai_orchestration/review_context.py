@@ -36,6 +36,15 @@ def review_context_text(*, workflow: Workflow, role: str, budget_tokens: int) ->
     )
 
 
+def change_set_diff(*, workflow: Workflow) -> str | None:
+    """The current change set as a diff against the base (the latest test run's, else each
+    file's new content); None until an IMPLEMENTATION result is accepted."""
+    change_set = change_set_current(workflow)
+    if change_set is None:
+        return None
+    return _diff(change_set, test_run_latest(workflow, change_set))
+
+
 def _diff(change_set: PhaseResult, run: CheckRun | None) -> str:
     if run is not None and run.diff:
         return run.diff

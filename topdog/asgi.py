@@ -1,8 +1,8 @@
 """ASGI entry point: `daphne topdog.asgi:application`.
 
 One router for every protocol. HTTP goes to Django (with the admin's static files
-when TOPDOG_SERVE_STATIC is on, because daphne serves none itself); websocket routes
-join the router here.
+when TOPDOG_SERVE_STATIC is on, because daphne serves none itself), except /mcp, the MCP
+server (ai_orchestration/mcp/); websocket routes join the router here.
 """
 
 import asyncio
@@ -21,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from ai_orchestration.mcp.asgi import mcp_application  # noqa: E402
 from topdog.observability.metrics import websockets_counted  # noqa: E402
 from topdog.ws_auth import TokenAuthMiddleware, origin_checked  # noqa: E402
 from workflows.broadcast import broadcast_loop_set  # noqa: E402
@@ -30,9 +31,18 @@ http_app = (
     ASGIStaticFilesHandler(django_asgi_app) if settings.TOPDOG_SERVE_STATIC else django_asgi_app
 )
 
+MCP_PATHS = ("/mcp", "/mcp/")
+
+
+async def http_router(scope: dict, receive: Any, send: Any) -> None:
+    """/mcp to the MCP server, everything else to Django."""
+    app = mcp_application if scope["path"] in MCP_PATHS else http_app
+    await app(scope, receive, send)
+
+
 router = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": http_router,
         # Origin must be this server's own (scheme, host and port; a missing Origin, as
         # from non-browser clients, is let through); then session cookie or API token
         # decides who is connecting. Counted (topdog_websockets_open) from accept until
