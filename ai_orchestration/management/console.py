@@ -11,6 +11,7 @@ phase gets a compact progress line now and then, and no ANSI escapes are written
 """
 
 import json
+import os
 import time
 from enum import IntEnum
 from functools import partial
@@ -76,7 +77,9 @@ class LiveCommand(BaseCommand):
     def printer(self, options: dict) -> "Printer":
         if options["json"]:
             return JsonPrinter(self.stdout)
-        return HumanPrinter(self.stdout, self.stderr, tty=self.stdout.isatty())
+        tty = self.stdout.isatty()
+        colour = tty and not options.get("no_color") and not os.environ.get("NO_COLOR")
+        return HumanPrinter(self.stdout, self.stderr, tty=tty, colour=colour)
 
 
 def _parser_error(parser: CommandParser, message: str) -> NoReturn:
@@ -172,10 +175,13 @@ DIM, BOLD, RED, GREEN, YELLOW, CYAN, RESET = (
 
 
 class HumanPrinter(Printer):
-    """Lines for people: streamed text on a terminal (`tty`), progress lines elsewhere."""
+    """Lines for people: streamed text on a terminal (`tty`), progress lines elsewhere;
+    ANSI colours only with `colour` (a terminal, without --no-color or NO_COLOR)."""
 
-    def __init__(self, out: OutputWrapper, err: OutputWrapper, *, tty: bool) -> None:
-        self.out, self.err, self.tty = out, err, tty
+    def __init__(
+        self, out: OutputWrapper, err: OutputWrapper, *, tty: bool, colour: bool = False
+    ) -> None:
+        self.out, self.err, self.tty, self.colour = out, err, tty, colour and tty
         self.stream_key: tuple | None = None
         self.stream_chars = 0
         self.stream_started = 0.0
@@ -186,7 +192,7 @@ class HumanPrinter(Printer):
     # - text helpers -
 
     def _paint(self, text: str, *colours: str) -> str:
-        return f"{''.join(colours)}{text}{RESET}" if self.tty else text
+        return f"{''.join(colours)}{text}{RESET}" if self.colour and colours else text
 
     def line(self, text: str, *colours: str) -> None:
         if self.mid_line:

@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 def manage(*args: str, stdout: int | None = None, stderr: int | None = None):
     """Start `manage.py ARGS` on the test database, in its own process."""
     env = {**os.environ, "TOPDOG_SANDBOX": "off", "TOPDOG_OFFLINE_DELAY_MS": "5"}
+    env.pop("NO_COLOR", None)
     name = str(connection.settings_dict["NAME"])
     return subprocess.Popen(
         [sys.executable, "-m", "tests.ai_orchestration.commands.manage_on_test_db", name, *args],
@@ -65,6 +66,24 @@ def test_on_a_terminal_the_models_text_streams_in_colour(project, user):
     assert '"requirements"' in streamed and "\x1b[2m" in streamed
     assert "tokens so far" not in out  # the text itself is the progress on a terminal
     assert "COMPLETE  run completed" in out
+
+
+def test_no_color_streams_the_text_without_escapes(project, user):
+    leader, follower = pty.openpty()
+    process = manage(
+        "run_workflow", "--project", "demo", "--no-color", "Add dark mode", stdout=follower
+    )
+    os.close(follower)
+    try:
+        out = read_all(leader, process)
+        code = process.wait(timeout=30)
+    finally:
+        os.close(leader)
+
+    assert code == 0, out
+    streamed = out[out.index("▸ DISCOVERY") : out.index("✓ DISCOVERY")]
+    assert '"requirements"' in streamed
+    assert "\x1b[" not in out
 
 
 def test_a_usage_error_exits_4_from_the_command_line(db):
