@@ -79,11 +79,16 @@ def check_run_request(*, workflow_id: Any, actor: Actor, kind: str = "test") -> 
 
 
 def check_run_for_testing(
-    *, workflow: Workflow, actor: Actor, should_stop: Callable[[], bool]
+    *,
+    workflow: Workflow,
+    actor: Actor,
+    should_stop: Callable[[], bool],
+    on_output: Callable[[dict], None] | None = None,
 ) -> CheckRun | None:
     """The finished test run of the workflow's current change set: the latest one, or one
     run here and now (the caller is a worker). None when the sandbox is off, nothing was
-    built, or `should_stop` said stop while it waited."""
+    built, or `should_stop` said stop while it waited. `on_output` gets the `check.output`
+    frames of a run made here."""
     if not sandbox_enabled():
         return None
     run = test_run_latest(workflow, change_set_current(workflow))
@@ -96,7 +101,7 @@ def check_run_for_testing(
             run = test_run_latest(workflow, change_set_current(workflow))
             if run is None:
                 return None
-        check_run_execute(check_id=run.id, should_stop=should_stop)
+        check_run_execute(check_id=run.id, should_stop=should_stop, on_output=on_output)
     deadline = time.monotonic() + settings.TOPDOG_SANDBOX_LIMITS["wall_seconds"] * 2 + 60
     while True:
         run.refresh_from_db()
@@ -181,10 +186,14 @@ def check_run_task(check_id: str) -> None:
 
 
 def check_run_execute(
-    *, check_id: Any, should_stop: Callable[[], bool] | None = None
+    *,
+    check_id: Any,
+    should_stop: Callable[[], bool] | None = None,
+    on_output: Callable[[dict], None] | None = None,
 ) -> CheckRun | None:
     """Claim the queued run and execute it; the finished run, or None if it was not queued.
-    `should_stop` (the autopilot's lease) cancels it like a cancel request does."""
+    `should_stop` (the autopilot's lease) cancels it like a cancel request does;
+    `on_output` (an in-process observer: the CLI) gets each `check.output` frame too."""
     run = _claim(check_id)
     if run is None:
         return None
@@ -192,7 +201,7 @@ def check_run_execute(
     _event(run, EventType.CHECK_STARTED, {"backend": run.backend})
     cancelled = _CancelCheck(run.id, should_stop)
     try:
-        outcome = _execute(run, workflow, cancelled)
+        outcome = _execute(run, workflow, cancelled, on_output)
     except (ChangeSetConflict, UnsafeChangeSet) as exc:
         outcome = _Outcome(CheckRun.Status.ERROR, f"the change set does not apply: {exc}")
     except WorkspaceError as exc:
@@ -227,7 +236,7 @@ def _claim(check_id: Any) -> CheckRun | None:
     return run
 
 
-def _execute(run: CheckRun, workflow: Workflow, cancelled: "_CancelCheck") -> _Outcome:
+def _execute(run: CheckRun, workflow: Workflow, cancelled: "_CancelCheck", on_output) -> _Outcome:
     project = workflow.project
     change_set = run.phase_result
     with workspace_open(
@@ -248,10 +257,12 @@ def _execute(run: CheckRun, workflow: Workflow, cancelled: "_CancelCheck") -> _O
                 "project's test_command",
                 details=details,
             )
-        deps_dir, setup_failed = _setup(run, workflow, workspace.path, cancelled)
+        deps_dir, setup_failed = _setup(run, workflow, workspace.path, cancelled, on_output)
         if setup_failed:
             return _Outcome(CheckRun.Status.ERROR, setup_failed, command=command, details=details)
-        return _test(run, workflow, workspace.path, deps_dir, command, cancelled, details)
+        return _test(
+            run, workflow, workspace.path, deps_dir, command, cancelled, details, on_output
+        )
 
 
 def _test(
@@ -262,6 +273,7 @@ def _test(
     command: str,
     cancelled: "_CancelCheck",
     details: dict,
+    on_output: Callable[[dict], None] | None,
 ) -> _Outcome:
     with tempfile.TemporaryDirectory(prefix="topdog-artifacts-") as artifacts:
         artifacts_dir = Path(artifacts)
@@ -272,7 +284,7 @@ def _test(
             "JEST_JUNIT_OUTPUT_FILE": f"{inside}/{JUNIT_NAME}",
             "CI": "true",
         }
-        frames = _OutputFrames(run)
+        frames = _OutputFrames(run, on_output)
         result = sandbox_backend().run(
             SandboxRequest(
                 command=command,
@@ -304,7 +316,11 @@ def _test(
 
 
 def _setup(
-    run: CheckRun, workflow: Workflow, tree: Path, cancelled: "_CancelCheck"
+    run: CheckRun,
+    workflow: Workflow,
+    tree: Path,
+    cancelled: "_CancelCheck",
+    on_output: Callable[[dict], None] | None,
 ) -> tuple[Path | None, str]:
     """The dependency cache for this tree, set up if needed: (its dir, why setup failed)."""
     project = workflow.project
@@ -331,7 +347,7 @@ def _setup(
         requested_by=run.requested_by,
         details={"dependency_files_sha256": digest},
     )
-    frames = _OutputFrames(setup)
+    frames = _OutputFrames(setup, on_output)
     result = sandbox_backend().run(
         SandboxRequest(
             command=project.setup_command,
@@ -489,8 +505,9 @@ class _OutputFrames:
     INTERVAL = 0.2
     MAX_LINES = 200
 
-    def __init__(self, run: CheckRun) -> None:
+    def __init__(self, run: CheckRun, on_frame: Callable[[dict], None] | None = None) -> None:
         self.run = run
+        self.on_frame = on_frame
         self.secrets = project_secrets(run.workflow.project)
         self.lines: list[str] = []
         self.last = time.monotonic()
@@ -502,15 +519,15 @@ class _OutputFrames:
 
     def flush(self) -> None:
         if self.lines:
-            workflow_live_frame_send(
-                workflow_id=self.run.workflow_id,
-                frame={
-                    "type": "check.output",
-                    "workflow_id": str(self.run.workflow_id),
-                    "check_id": str(self.run.id),
-                    "kind": self.run.kind,
-                    "lines": self.lines,
-                },
-            )
+            frame = {
+                "type": "check.output",
+                "workflow_id": str(self.run.workflow_id),
+                "check_id": str(self.run.id),
+                "kind": self.run.kind,
+                "lines": self.lines,
+            }
+            workflow_live_frame_send(workflow_id=self.run.workflow_id, frame=frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
             self.lines = []
         self.last = time.monotonic()

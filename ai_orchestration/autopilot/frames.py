@@ -7,6 +7,7 @@ transaction it goes at once). Token deltas report nothing committed and go as th
 """
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -45,11 +46,20 @@ def run_frame_send(run: AIRun) -> None:
 
 
 class DeltaBroadcaster:
-    """Streams token deltas to the workflow's websocket, batched to ~10 frames a second."""
+    """Streams token deltas to the workflow's websocket, batched to ~10 frames a second;
+    `on_frame` (an in-process observer: the CLI) gets each frame too."""
 
     INTERVAL = 0.1
 
-    def __init__(self, *, workflow_id: Any, run_id: Any, phase: str, role: str) -> None:
+    def __init__(
+        self,
+        *,
+        workflow_id: Any,
+        run_id: Any,
+        phase: str,
+        role: str,
+        on_frame: Callable[[dict], None] | None = None,
+    ) -> None:
         self.base = {
             "type": "ai.delta",
             "workflow_id": str(workflow_id),
@@ -61,6 +71,7 @@ class DeltaBroadcaster:
         self.attempt = 1
         self.last_flush = time.monotonic()
         self.total_chars = 0
+        self.on_frame = on_frame
 
     def __call__(self, chunk: str, attempt: int) -> None:
         if attempt != self.attempt:
@@ -73,9 +84,9 @@ class DeltaBroadcaster:
 
     def flush(self) -> None:
         if self.buffer:
-            workflow_live_frame_send(
-                workflow_id=self.base["workflow_id"],
-                frame={**self.base, "attempt": self.attempt, "delta": "".join(self.buffer)},
-            )
+            frame = {**self.base, "attempt": self.attempt, "delta": "".join(self.buffer)}
+            workflow_live_frame_send(workflow_id=self.base["workflow_id"], frame=frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
             self.buffer = []
         self.last_flush = time.monotonic()

@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -69,15 +70,33 @@ class StepProgress:
     delta_chars: int
 
 
-def autopilot_step(*, run_id: Any, worker_id: str, on_progress: Any = None) -> bool:
+FrameHook = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """In-process observers of a step (the CLI), called on the worker's thread.
+
+    `on_progress` gets a StepProgress when the step completed its phase; `on_delta` each
+    `ai.delta` frame and `on_output` each `check.output` frame, as the websocket gets
+    them (the same dicts), without going through the channel layer.
+    """
+
+    on_progress: Callable[[StepProgress], None] | None = None
+    on_delta: FrameHook | None = None
+    on_output: FrameHook | None = None
+
+
+def autopilot_step(*, run_id: Any, worker_id: str, hooks: StepHooks | None = None) -> bool:
     """Claim the run and work the workflow's current phase. True: go on with the next."""
+    hooks = hooks or StepHooks()
     run = _claim(run_id, worker_id)
     if run is None:
         return False
     heartbeat = _Heartbeat(run.id, worker_id)
     heartbeat.start()
     try:
-        return _work_phase(run, heartbeat, on_progress)
+        return _work_phase(run, heartbeat, hooks)
     except Exception as exc:  # an unexpected bug must not leave the run "running"
         logger.exception("autopilot run %s failed", run.id)
         run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"internal error: {type(exc).__name__}")
@@ -122,7 +141,7 @@ class _PhaseCall:
     prompt: PromptRequest
 
 
-def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
+def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
     workflow = Workflow.objects.select_related("project").get(pk=run.workflow_id)
     if workflow.is_terminal:
         run_finish(run, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
@@ -135,7 +154,9 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     check = None
     if phase == State.TESTING:
         # The auditor reviews a measured run: the change set's tests, run in the sandbox.
-        check = check_run_for_testing(workflow=workflow, actor=AUTOPILOT, should_stop=should_cancel)
+        check = check_run_for_testing(
+            workflow=workflow, actor=AUTOPILOT, should_stop=should_cancel, on_output=hooks.on_output
+        )
         if should_cancel():
             if not heartbeat.lost:
                 run_finish_by_id(run.id, AIRun.Status.CANCELLED, stop_reason="cancelled")
@@ -150,7 +171,9 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     if budget_stop:
         run_finish(run, AIRun.Status.STOPPED, stop_reason=budget_stop)
         return False
-    deltas = DeltaBroadcaster(workflow_id=workflow.id, run_id=run.id, phase=phase, role=role)
+    deltas = DeltaBroadcaster(
+        workflow_id=workflow.id, run_id=run.id, phase=phase, role=role, on_frame=hooks.on_delta
+    )
     calls: list[Completion] = []
     evidence = _evidence_or_finish(run, workflow, call, deltas, should_cancel, calls)
     if evidence is None:
@@ -159,8 +182,8 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
     if submitted is None:
         return False
     run, new_state = submitted
-    if new_state is not None and on_progress is not None:
-        on_progress(StepProgress(run, phase, new_state, deltas.total_chars))
+    if new_state is not None and hooks.on_progress is not None:
+        hooks.on_progress(StepProgress(run, phase, new_state, deltas.total_chars))
     return _continue_or_stop(run)
 
 

@@ -2,6 +2,12 @@
 
 Both pages render completely on the server; their scripts then follow changes over the
 websockets (`/ws/dashboard/`, `/ws/workflows/<id>/?after=<seq>`).
+
+The workflow page's autopilot runs belong to the AI layer, which this app must not
+import: the page's script reads them from the REST API (`GET /api/workflows/<id>/runs/`,
+with the session) and follows their `ai.run` frames; its buttons call the same API
+(start, cancel, approve, reject) with the CSRF token, so the page offers nothing the API
+would not allow the user.
 """
 
 import json
@@ -12,18 +18,31 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from workflows import selectors
 from workflows.errors import WorkflowNotFound
-from workflows.models import Handoff, Message, PhaseResult, RoleContext, WorkflowEvent
-from workflows.states import PHASE_ROLE, PHASES, EventType, HandoffKind, Role, State
+from workflows.models import Handoff, Message, PhaseResult, RoleContext, Workflow, WorkflowEvent
+from workflows.services import available_transitions
+from workflows.states import (
+    PHASE_ROLE,
+    PHASES,
+    TRANSITION_MEMBER_ROLES,
+    EventType,
+    HandoffKind,
+    Role,
+    State,
+    Transition,
+)
 from workflows.verification import tests_verification_note
 from workflows.web.selectors import WorkflowRecord, workflow_record_get
 
 DONE_COLUMN = "DONE"
 WORKFLOW_ID_PLACEHOLDER = "__id__"
-REGRESSION_KINDS = (HandoffKind.REGRESSION, HandoffKind.REJECTION, HandoffKind.FAIL)
+# The Send-backs tab: every handoff that did not move the work forward. Only the first
+# kind counts toward the regression limit (Workflow.regression_count).
+SEND_BACK_KINDS = (HandoffKind.REGRESSION, HandoffKind.REJECTION, HandoffKind.FAIL)
 
 
 def label(value: str | None) -> str:
@@ -48,6 +67,7 @@ def board(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
+@ensure_csrf_cookie  # the page's buttons send it back as X-CSRFToken
 def workflow_detail(request: HttpRequest, workflow_id: str) -> HttpResponse:
     """One workflow: timeline, evidence, conversations, regressions and totals."""
     try:
@@ -115,6 +135,11 @@ class Regression:
 def _workflow_page(record: WorkflowRecord) -> dict:
     workflow = record.workflow
     conversations = _conversations(record)
+    send_backs = [
+        Regression(h, label(h.from_state), label(h.to_state))
+        for h in record.handoffs
+        if h.kind in SEND_BACK_KINDS
+    ]
     return {
         "workflow": workflow,
         "state_label": label(workflow.state),
@@ -128,11 +153,11 @@ def _workflow_page(record: WorkflowRecord) -> dict:
         "timeline": _timeline(record),
         "phases": _phases(record),
         "conversations": conversations,
-        "regressions": [
-            Regression(h, label(h.from_state), label(h.to_state))
-            for h in record.handoffs
-            if h.kind in REGRESSION_KINDS
-        ],
+        "send_backs": send_backs,
+        "send_back_counts": {
+            kind: sum(1 for r in send_backs if r.handoff.kind == kind) for kind in SEND_BACK_KINDS
+        },
+        "controls": _controls(workflow),
         "totals": {
             "input_tokens": workflow.input_tokens,
             "output_tokens": workflow.output_tokens,
@@ -147,6 +172,22 @@ def _workflow_page(record: WorkflowRecord) -> dict:
         "tests_note": tests_verification_note(_latest_result(record, State.TESTING)),
         "last_seq": workflow.last_event_seq,
         "board_url": reverse("dashboard:board"),
+    }
+
+
+def _controls(workflow: Workflow) -> dict:
+    """What the user may do here (the API checks it again): run the autopilot (start and
+    cancel: owner or developer), approve or reject at a gate (owner)."""
+    member_role = workflow.member_role
+    transitions = available_transitions(workflow, member_role)
+    can_run = member_role in TRANSITION_MEMBER_ROLES[Transition.COMPLETE]
+    return {
+        "member_role": member_role,
+        "can_run": can_run,
+        "can_start": can_run and Transition.COMPLETE in transitions,
+        "can_approve": Transition.APPROVE in transitions,
+        "can_reject": Transition.REJECT in transitions,
+        "api_url": reverse("api:workflow-detail", args=[workflow.id]),
     }
 
 

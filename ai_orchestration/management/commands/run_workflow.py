@@ -1,28 +1,40 @@
 """`manage.py run_workflow --project demo "Add dark mode to settings"`
 
-Runs a whole workflow on the autopilot in this process, showing each phase as it
-happens, and exits 0 when the workflow is COMPLETE (1 otherwise).
+Runs a whole workflow on the autopilot in this process and shows it live: the model's
+text as it streams (on a terminal; elsewhere a progress line per phase now and then),
+gates, regressions, sandbox checks and failures as they happen. `--json` prints one JSON
+object per line instead. Exit codes: console.ExitCode (0 complete, 1 failed, 2 waiting
+at a gate, 3 cancelled, 4 usage).
 """
 
-import sys
 import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 from django.db import transaction
 
-from ai_orchestration.autopilot.runner import StepProgress, autopilot_step
+from ai_orchestration.autopilot.runner import StepHooks, autopilot_step
 from ai_orchestration.autopilot.selectors import run_get
 from ai_orchestration.autopilot.services import autopilot_start
+from ai_orchestration.management.console import (
+    ExitCode,
+    Follower,
+    LiveCommand,
+    Printer,
+    usage_error,
+)
 from ai_orchestration.models import AIRun
 from workflows.errors import ProjectNotFound
 from workflows.models import Membership, Project, Workflow
 from workflows.services import Actor, workflow_initialize
 
 
-class Command(BaseCommand):
-    help = "Run a feature request through all six phases on the autopilot, live."
+class Command(LiveCommand):
+    help = (
+        "Run a feature request through all six phases on the autopilot, live. Exit codes: "
+        "0 complete, 1 failed, 2 waiting at a gate, 3 cancelled, 4 usage error."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("request", help="The feature request, in plain words.")
@@ -41,7 +53,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         project = Project.objects.filter(slug=options["project"]).first()
         if project is None:
-            raise CommandError(
+            raise usage_error(
                 f"no project {options['project']!r}; create one with "
                 f"`manage.py topdog project add {options['project']} --name ...`"
             )
@@ -54,42 +66,50 @@ class Command(BaseCommand):
                 model_name=options["model"],
             )
         except ProjectNotFound as exc:
-            raise CommandError(f"{actor.name} is not a member of {project.slug}") from exc
-        self.stdout.write(f"workflow {workflow.id}  ({workflow.model_name})")
+            raise usage_error(f"{actor.name} is not a member of {project.slug}") from exc
+        printer = self.printer(options)
+        if not options["json"]:
+            printer.summary(f"workflow {workflow.id}  ({workflow.model_name})")
         with transaction.atomic():
             run = autopilot_start(workflow_id=workflow.id, actor=actor)
             # This process runs the steps itself; the queued task finds the run taken.
-        started = time.monotonic()
-        while autopilot_step(run_id=run.id, worker_id="cli", on_progress=self._progress):
-            pass
-        run = run_get(run_id=run.id)
-        workflow = Workflow.objects.get(pk=workflow.pk)
-        elapsed = time.monotonic() - started
-        self.stdout.write(
-            f"\n{workflow.state}  run {run.status}  {run.input_tokens}+{run.output_tokens} "
-            f"tokens  ${run.cost_usd}  {elapsed:.1f}s"
-        )
-        if run.status == AIRun.Status.WAITING:
-            self.stdout.write(f"stopped: {run.stop_reason} (approve it in the admin or API)")
-        if run.error:
-            self.stderr.write(f"error: {run.error}")
-        if workflow.state != "COMPLETE":
-            sys.exit(1)
+        code = self._follow(workflow, run, printer, json_only=options["json"])
+        if code:
+            raise SystemExit(code)
 
-    def _progress(self, step: StepProgress) -> None:
-        run = step.run
-        self.stdout.write(
-            f"  {step.phase:<15} → {step.new_state:<15} "
-            f"{run.provider or '-':<10} tokens {run.input_tokens:>7}+{run.output_tokens:<7} "
-            f"${run.cost_usd}"
-        )
+    def _follow(self, workflow: Workflow, run: AIRun, printer: Printer, *, json_only: bool) -> int:
+        """Work the run's steps here, showing everything as it happens; the exit code."""
+        follower = Follower(workflow, printer)
+        hooks = StepHooks(on_delta=follower.delta, on_output=follower.output)
+        started = time.monotonic()
+        follower.poll()
+        while autopilot_step(run_id=run.id, worker_id="cli", hooks=hooks):
+            follower.poll()
+        follower.poll()
+        run = run_get(run_id=run.id)
+        code = follower.exit_code()
+        code = ExitCode.FAILED if code is None else code  # the run ended, the workflow is open
+        if not json_only:
+            elapsed = time.monotonic() - started
+            waiting = (
+                f"\nwaiting at the {workflow.state} gate: approve or reject it on the "
+                f"dashboard or with POST /api/workflows/{workflow.id}/transitions/"
+                if code == ExitCode.WAITING
+                else ""
+            )
+            printer.summary(
+                f"\n{workflow.state}  run {run.status}  {run.input_tokens}+{run.output_tokens} "
+                f"tokens  ${run.cost_usd}  {elapsed:.1f}s  exit {int(code)}{waiting}",
+                error=run.error,
+            )
+        return int(code)
 
     def _user(self, project: Project, username: object) -> object:
         users = get_user_model().objects
         if username:
             user = users.filter(username=username).first()
             if user is None:
-                raise CommandError(f"no user {username!r}")
+                raise usage_error(f"no user {username!r}")
             return user
         membership = (
             Membership.objects.filter(project=project, role__in=["owner", "developer"])
@@ -98,7 +118,7 @@ class Command(BaseCommand):
             .first()
         )
         if membership is None:
-            raise CommandError(
+            raise usage_error(
                 f"project {project.slug} has no owner or developer; add one with "
                 f"`manage.py topdog project member {project.slug} USER --role owner`"
             )

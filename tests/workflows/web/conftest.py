@@ -54,6 +54,9 @@ def live_server_url(django_db_setup):
         "TOPDOG_SERVE_STATIC": "1",
         "PYTHONUNBUFFERED": "1",
         "TOPDOG_SANDBOX": "off",
+        # Autopilot runs stream slowly enough to be seen, and Claude has no key.
+        "TOPDOG_OFFLINE_DELAY_MS": "15",
+        "ANTHROPIC_API_KEY": "",
     }
     with log.open("w") as output:
         process = subprocess.Popen(

@@ -172,3 +172,128 @@ def _populate(ide: Ide) -> None:
         quality_score=0.4,
         findings=[{"severity": "major", "message": "CSV header misses the VAT column"}],
     )
+
+
+# Keeps what the AI stream box showed (each phase's box empties when its evidence lands),
+# and marks the document, so a reload would show.
+RECORD_STREAM = """() => {
+  window.__sameDocument = true;
+  window.__streamed = "";
+  var text = document.getElementById("ai-stream-text");
+  new MutationObserver(function () {
+    window.__streamed += text.textContent.slice(0, 200) + "\\n";
+  }).observe(text, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+def _sign_in(page, live_server_url: str) -> None:
+    page.goto("/accounts/login/?next=/dashboard/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("pw-for-tests-1")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{live_server_url}/dashboard/")
+
+
+def test_runs_started_from_the_page_fail_visibly_succeed_live_and_stop_at_gates(
+    live_server_url, chromium_path, user, project
+):
+    # given: a project whose Q Assistant is Claude (no API key on this server), and a
+    # project gated at DISCOVERY; alice owns both, and demo runs on the offline model
+    claude = ProjectFactory(slug="claude", name="Claude", role_models={"Q_ASSISTANT": "CLAUDE"})
+    gated = ProjectFactory(slug="gated", name="Gated", approval_gates=["DISCOVERY"])
+    for each in (claude, gated):
+        MembershipFactory(project=each, user=user)
+    token = api_token_for(user)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        ide = Ide(
+            playwright.request.new_context(
+                base_url=live_server_url, extra_http_headers={"Authorization": f"Token {token}"}
+            )
+        )
+        try:
+            page = browser.new_context(
+                base_url=live_server_url, viewport={"width": 1440, "height": 900}
+            ).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            _sign_in(page, live_server_url)
+            runs = page.get_by_test_id("run-row")
+
+            # when: alice starts a run on the Claude project's workflow
+            failing = ide.open("claude", "Add dark mode to settings")
+            page.goto(f"/dashboard/workflows/{failing}/")
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+            expect(page.get_by_test_id("run-summary")).to_have_text("none yet")
+            page.get_by_role("button", name="Start autopilot").click()
+            # then: the run fails, and the page says why in a banner, live
+            banner = page.get_by_test_id("run-error")
+            expect(banner).to_be_visible(timeout=LIVE)
+            expect(banner).to_contain_text(
+                "The autopilot run failed in Discovery: anthropic has no API key: set "
+                "ANTHROPIC_API_KEY"
+            )
+            expect(runs.first.get_by_test_id("run-status")).to_have_text("failed")
+            expect(page.locator("[data-waiting-note]")).to_contain_text("the autopilot run failed")
+            expect(page.get_by_role("button", name="Start autopilot")).to_be_visible()
+            _screenshot(page, "dashboard-run-failed.png")
+
+            # when: she starts one on the offline project
+            working = ide.open("demo", "Export reports as CSV")
+            page.goto(f"/dashboard/workflows/{working}/")
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+            page.evaluate(RECORD_STREAM)
+            page.get_by_role("button", name="Start autopilot").click()
+            # then: the model's text streams, and the workflow completes without a reload
+            expect(page.get_by_test_id("workflow-state")).to_have_text("Complete", timeout=30_000)
+            assert '"requirements"' in page.evaluate("window.__streamed")
+            expect(runs.first.get_by_test_id("run-status")).to_have_text("completed", timeout=LIVE)
+            expect(runs.first).to_contain_text("$0.000000")
+            expect(banner).to_be_hidden()
+            assert page.evaluate("window.__sameDocument") is True
+            # and: the usage table opens from a visible toggle
+            page.get_by_text("Show usage by role and phase ▸").click()
+            expect(page.get_by_test_id("usage").locator("table")).to_be_visible()
+            expect(page.get_by_text("Hide usage by role and phase ▾")).to_be_visible()
+            _screenshot(page, "dashboard-run-complete.png")
+
+            # when: a run reaches the DISCOVERY gate
+            gate = ide.open("gated", "Monthly invoices as PDF")
+            page.goto(f"/dashboard/workflows/{gate}/")
+            page.get_by_role("button", name="Start autopilot").click()
+            expect(runs.first.get_by_test_id("run-status")).to_have_text("waiting", timeout=LIVE)
+            # then: the owner may reject it with feedback: the same role redoes it
+            expect(page.get_by_role("button", name="Approve Discovery")).to_be_visible()
+            page.get_by_role("button", name="Reject with feedback").click()
+            expect(page.get_by_test_id("action-error")).to_have_text(
+                "Say what must change before rejecting."
+            )
+            page.get_by_placeholder("what must change?").fill("Name the VAT rules")
+            expect(page.get_by_test_id("action-error")).to_be_hidden()
+            _screenshot(page, "dashboard-run-gate.png")
+            page.get_by_role("button", name="Reject with feedback").click()
+            timeline = page.get_by_test_id("timeline")
+            expect(timeline).to_contain_text("Rejected Discovery", timeout=LIVE)
+            # and: once redone it waits again; approved, the run goes on to the end
+            approve = page.get_by_role("button", name="Approve Discovery")
+            expect(approve).to_be_visible(timeout=LIVE)
+            approve.click()
+            expect(page.get_by_test_id("workflow-state")).to_have_text("Complete", timeout=30_000)
+            expect(runs.first.get_by_test_id("run-status")).to_have_text("completed", timeout=LIVE)
+
+            # when: she cancels a run while it works
+            cancelled = ide.open("demo", "Rate limit the public API")
+            page.goto(f"/dashboard/workflows/{cancelled}/")
+            page.get_by_role("button", name="Start autopilot").click()
+            page.get_by_role("button", name="Cancel run").click(timeout=LIVE)
+            # then: it stops, and a new one may be started
+            expect(runs.first.get_by_test_id("run-status")).to_have_text("cancelled", timeout=LIVE)
+            expect(page.get_by_role("button", name="Start autopilot")).to_be_visible()
+            assert page.get_by_test_id("workflow-state").inner_text() != "Complete"
+
+            assert errors == []
+        finally:
+            ide.http.dispose()
+            browser.close()

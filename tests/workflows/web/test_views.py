@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import pytest
 from django.conf import settings
+from django.test import Client
 
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, evidence, workflow_for
 from workflows.models import Workflow
-from workflows.services import Actor, workflow_phase_complete
+from workflows.services import Actor, workflow_approve, workflow_phase_complete, workflow_reject
 from workflows.web.selectors import workflow_record_get
 
 pytestmark = pytest.mark.django_db
@@ -139,7 +140,7 @@ def test_workflow_page_shows_timeline_evidence_regressions_and_totals(browser, r
     )
     # the regression with the findings as feedback for the next role
     assert "CSV header misses the VAT column" in html
-    assert "1 of 3 regressions used" in html
+    assert "<strong>1 regression</strong> (1 of 3 allowed" in html
     # evidence of each phase: requirements, plan, change set, test report
     assert "What must be true" in html
     assert "src/app.py" in html
@@ -244,3 +245,101 @@ def test_workflow_page_shows_usage_by_role_and_phase(client, project, user):
     html = client.get(f"/dashboard/workflows/{workflow.id}/").content.decode()
     assert 'data-testid="usage"' in html
     assert "role: Code Writer" in html and "phase: Deployment" in html
+
+
+# --- runs, actions and the regression count ------------------------------------------------
+
+
+def test_regressions_agree_everywhere_and_rejections_are_told_apart(browser, project, user):
+    # given: one regression (TESTING failed) and one rejection at a gate
+    project.approval_gates = ["IMPLEMENTATION"]
+    project.save()
+    workflow = workflow_for(project, user)
+    for phase in ("DISCOVERY", "PLANNING", "IMPLEMENTATION"):
+        complete(workflow, user, phase)
+    workflow_reject(workflow_id=workflow.id, actor=Actor.of(user), feedback="Split the commit")
+    complete(workflow, user, "IMPLEMENTATION")
+    workflow_approve(workflow_id=workflow.id, actor=Actor.of(user))
+    complete(workflow, user, "TESTING", verdict="fail", quality_score=0.3)
+    workflow.refresh_from_db()
+    assert workflow.regression_count == 1
+
+    html = browser.get(page_url(workflow)).content.decode()
+
+    # then: the header, the facts and the tab's note all say 1 regression...
+    assert 'data-testid="regression-badge"' in html and ">1 regression</span>" in html
+    assert "1 of 3 allowed</dd>" in html
+    assert "<strong>1 regression</strong> (1 of 3 allowed" in html
+    # ...and the tab, named for all it lists, counts the rejection too, labelled apart
+    assert 'data-testid="send-back-count">2</span>' in html
+    assert "1 rejection at a gate (not counted toward the limit)" in html
+    assert "Split the commit" in html
+
+
+def test_the_page_sets_the_csrf_cookie_and_links_the_runs_api(browser, project, user):
+    workflow = workflow_for(project, user)
+
+    response = browser.get(page_url(workflow))
+
+    assert "csrftoken" in response.cookies
+    html = response.content.decode()
+    assert f'data-runs-url="/api/workflows/{workflow.id}/runs/"' in html
+    assert f'data-transitions-url="/api/workflows/{workflow.id}/transitions/"' in html
+    assert 'data-testid="start-run"' in html
+
+
+@pytest.mark.parametrize(
+    ("role", "start", "gate", "can_run"),
+    [("owner", False, True, "1"), ("developer", False, False, "1"), ("viewer", False, False, "0")],
+)
+def test_gate_buttons_follow_the_members_role(client, project, role, start, gate, can_run):
+    # given: a workflow waiting at the DISCOVERY gate, seen by a member with `role`
+    project.approval_gates = ["DISCOVERY"]
+    project.save()
+    owner = UserFactory()
+    MembershipFactory(project=project, user=owner)
+    workflow = workflow_for(project, owner)
+    complete(workflow, owner, "DISCOVERY")
+    member = UserFactory()
+    MembershipFactory(project=project, user=member, role=role)
+    client.force_login(member)
+
+    html = client.get(page_url(workflow)).content.decode()
+
+    assert ('data-testid="start-run"' in html) is start  # at a gate nothing can start
+    assert ('data-action="approve"' in html) is gate
+    assert ('data-action="reject"' in html) is gate
+    assert f'data-can-run="{can_run}"' in html
+
+
+def test_an_open_workflow_offers_start_to_developers_not_viewers(client, project):
+    developer, viewer = UserFactory(), UserFactory()
+    MembershipFactory(project=project, user=developer, role="developer")
+    MembershipFactory(project=project, user=viewer, role="viewer")
+    workflow = workflow_for(project, developer)
+
+    client.force_login(developer)
+    assert 'data-testid="start-run"' in client.get(page_url(workflow)).content.decode()
+    client.force_login(viewer)
+    html = client.get(page_url(workflow)).content.decode()
+    assert 'data-testid="start-run"' not in html
+    assert "you can follow runs here but not start or cancel them" in html
+
+
+def test_the_runs_api_needs_the_csrf_token_with_a_session(project, user):
+    # given: a signed-in browser session that enforces CSRF, as a real browser's does
+    workflow = workflow_for(project, user)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    url = f"/api/workflows/{workflow.id}/runs/"
+    page = browser.get(page_url(workflow))
+    token = page.cookies["csrftoken"].value
+
+    without = browser.post(url, {}, content_type="application/json")
+    with_token = browser.post(url, {}, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+
+    assert without.status_code == 403
+    assert "CSRF" in without.json()["detail"]
+    assert with_token.status_code == 202
+    assert with_token.json()["status"] == "queued"
+    assert browser.get(url).json()["results"][0]["id"] == with_token.json()["id"]

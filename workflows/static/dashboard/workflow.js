@@ -4,6 +4,10 @@
  * live regions ([data-live-region]) replace ours; a reconnect resumes after `lastSeq`,
  * so no event is missed or applied twice. A `resync` (too far behind) reloads the page.
  * Token deltas of a running AI call (`ai.delta`, no seq) stream into a side box.
+ *
+ * Autopilot runs are the AI layer's: they come from GET <workflow api>/runs/ (session
+ * auth) and `ai.run` frames. The buttons call the same REST API with the CSRF token from
+ * the csrftoken cookie (X-CSRFToken), as Django's session authentication requires.
  */
 (function () {
   "use strict";
@@ -113,6 +117,7 @@
       })
       .then(function (html) {
         if (html) swapRegions(new DOMParser().parseFromString(html, "text/html"));
+        fetchRuns();
       })
       .catch(function () {
         refreshAgain = true; // offline for a moment: try again with the next frame
@@ -131,11 +136,20 @@
     var details = root.querySelectorAll("[data-live-region] details[id]");
     for (var i = 0; i < details.length; i++) openState[details[i].id] = details[i].open;
 
+    var typed = {};
+    var areas = root.querySelectorAll("[data-live-region] textarea[id]");
+    for (var t = 0; t < areas.length; t++) typed[areas[t].id] = areas[t].value;
+
     var regions = root.querySelectorAll("[data-live-region][id]");
     for (var j = 0; j < regions.length; j++) {
       var replacement = fresh.getElementById(regions[j].id);
       if (replacement) regions[j].innerHTML = replacement.innerHTML;
     }
+
+    Object.keys(typed).forEach(function (id) {
+      var area = document.getElementById(id);
+      if (area) area.value = typed[id];
+    });
 
     Object.keys(openState).forEach(function (id) {
       var node = document.getElementById(id);
@@ -152,6 +166,7 @@
     root.dataset.renderedSeq = String(renderedSeq);
     if (fresh.title) document.title = fresh.title;
     Live.localiseTimes(root);
+    renderRuns();
     if (renderedSeq < lastSeq) scheduleRefresh();
   }
 
@@ -201,6 +216,205 @@
     checkText.scrollTop = checkText.scrollHeight;
   }
 
+  // --- autopilot runs and actions --------------------------------------------------------
+  var autopilot = document.getElementById("autopilot");
+  var runsBody = document.getElementById("runs-body");
+  var runSummary = document.getElementById("run-summary");
+  var runBanner = document.getElementById("run-banner");
+  var actionError = document.getElementById("action-error");
+  var canRun = autopilot.dataset.canRun === "1";
+  var runs = []; // newest first, as the API lists them
+  var runsLoaded = false;
+  var ACTIVE = { queued: true, running: true, waiting: true };
+
+  function isActive(run) {
+    return Boolean(run && ACTIVE[run.status]);
+  }
+
+  function fetchRuns() {
+    window
+      .fetch(autopilot.dataset.runsUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        return response.ok ? response.json() : null;
+      })
+      .then(function (body) {
+        if (!body) return;
+        runs = body.results || [];
+        runsLoaded = true;
+        renderRuns();
+      })
+      .catch(function () {
+        /* offline for a moment: the next frame or refresh tries again */
+      });
+  }
+
+  function upsertRun(run) {
+    if (!run || !run.id) return;
+    for (var i = 0; i < runs.length; i++) {
+      if (runs[i].id === run.id) {
+        runs[i] = run;
+        renderRuns();
+        return;
+      }
+    }
+    runs.unshift(run);
+    runsLoaded = true;
+    renderRuns();
+  }
+
+  function cell(row, text, className) {
+    var td = document.createElement("td");
+    if (className) td.className = className;
+    td.textContent = text;
+    row.appendChild(td);
+    return td;
+  }
+
+  function runRow(run) {
+    var row = document.createElement("tr");
+    row.dataset.runId = run.id;
+    row.dataset.status = run.status;
+    row.setAttribute("data-testid", "run-row");
+    var status = cell(row, "");
+    var chip = document.createElement("span");
+    chip.className = "chip chip-" + run.status;
+    chip.textContent = run.status;
+    chip.setAttribute("data-testid", "run-status");
+    status.appendChild(chip);
+    cell(row, Live.label(run.phase) + (run.scope === "phase" ? " (this phase only)" : ""));
+    cell(row, String(run.phases_completed), "num");
+    cell(row, String(run.attempts), "num");
+    cell(row, run.input_tokens + " / " + run.output_tokens, "num");
+    cell(row, "$" + run.cost_usd, "num");
+    cell(row, run.provider ? run.provider + " " + run.model : "—");
+    cell(row, run.error || run.stop_reason || "", run.error ? "run-error" : "muted");
+    var actions = cell(row, "");
+    if (canRun && isActive(run)) {
+      var cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.className = "button small";
+      cancel.dataset.action = "cancel-run";
+      cancel.dataset.runId = run.id;
+      cancel.textContent = "Cancel run";
+      actions.appendChild(cancel);
+    }
+    return row;
+  }
+
+  function renderRuns() {
+    if (!runsLoaded) return;
+    runsBody.textContent = "";
+    runs.forEach(function (run) {
+      runsBody.appendChild(runRow(run));
+    });
+    if (!runs.length) {
+      var empty = document.createElement("tr");
+      cell(empty, "No autopilot runs yet." + (canRun ? " Start one to have the AI roles work the phases." : ""), "empty-note").colSpan = 9;
+      runsBody.appendChild(empty);
+    }
+    var latest = runs[0];
+    var active = isActive(latest);
+    runSummary.textContent = !latest
+      ? "none yet"
+      : active
+      ? "a run is " + latest.status + (latest.status === "waiting" ? "" : " in " + Live.label(latest.phase))
+      : "last run " + latest.status;
+    var failed = latest && latest.status === "failed";
+    runBanner.hidden = !failed;
+    runBanner.textContent = failed ? failureText(latest) : "";
+    var starts = root.querySelectorAll("[data-start-controls]");
+    for (var i = 0; i < starts.length; i++) starts[i].hidden = active;
+    var notes = root.querySelectorAll("[data-waiting-note]");
+    for (var j = 0; j < notes.length; j++) {
+      if (failed) notes[j].textContent = "No evidence: the autopilot run failed (see above).";
+      else if (active && latest.status === "running") notes[j].textContent = "The autopilot is working on it…";
+    }
+  }
+
+  function failureText(run) {
+    // The runner prefixes the phase ("DISCOVERY: ..."); the banner names it already.
+    var error = (run.error || "no reason given").replace(new RegExp("^" + run.phase + ": "), "");
+    var advice = canRun ? " — fix the cause, then start a new run." : "";
+    return "The autopilot run failed in " + Live.label(run.phase) + ": " + error + advice;
+  }
+
+  function csrfToken() {
+    var match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  function post(url, body) {
+    return window
+      .fetch(url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken() },
+        body: JSON.stringify(body || {}),
+      })
+      .then(function (response) {
+        return response
+          .json()
+          .catch(function () {
+            return {};
+          })
+          .then(function (data) {
+            if (!response.ok) throw new Error(data.detail || "the request failed (" + response.status + ")");
+            return data;
+          });
+      });
+  }
+
+  function act(button) {
+    var action = button.dataset.action;
+    var request;
+    if (action === "start-run") {
+      var scope = document.getElementById("run-scope");
+      request = post(autopilot.dataset.runsUrl, { scope: scope ? scope.value : "workflow" }).then(upsertRun);
+    } else if (action === "cancel-run") {
+      request = post(autopilot.dataset.runsUrl + button.dataset.runId + "/cancel/").then(upsertRun);
+    } else if (action === "approve") {
+      request = post(autopilot.dataset.transitionsUrl, { transition: "approve" });
+    } else if (action === "reject") {
+      var feedback = document.getElementById("reject-feedback");
+      if (!feedback || !feedback.value.trim()) {
+        showActionError("Say what must change before rejecting.");
+        if (feedback) feedback.focus();
+        return;
+      }
+      request = post(autopilot.dataset.transitionsUrl, { transition: "reject", feedback: feedback.value });
+    } else {
+      return;
+    }
+    button.disabled = true;
+    showActionError("");
+    request
+      .then(function () {
+        scheduleRefresh();
+      })
+      .catch(function (error) {
+        showActionError(error.message);
+      })
+      .then(function () {
+        button.disabled = false;
+      });
+  }
+
+  function showActionError(text) {
+    actionError.hidden = !text;
+    actionError.textContent = text;
+  }
+
+  autopilot.addEventListener("input", function (event) {
+    if (event.target.id === "reject-feedback") showActionError("");
+  });
+
+  autopilot.addEventListener("click", function (event) {
+    var button = event.target.closest("button[data-action]");
+    if (button && !button.disabled) act(button);
+  });
+
+  fetchRuns();
+
   // --- the socket ------------------------------------------------------------------------
   Live.connect({
     path: function () {
@@ -217,12 +431,16 @@
         if (frame.last_seq > renderedSeq) scheduleRefresh();
       } else if (frame.type === "ai.delta") {
         onDelta(frame);
+      } else if (frame.type === "ai.run") {
+        upsertRun(frame.run);
+        if (!isActive(frame.run)) endStream();
       } else if (frame.type === "check.output") {
         onCheckOutput(frame);
       } else if (frame.type === "resync") {
         window.location.reload();
       }
     },
+    onOpen: fetchRuns,
     onClose: function (event) {
       var CLOSE = Live.CLOSE;
       if (event.code === CLOSE.RESYNC || event.code === CLOSE.UNAUTHORISED) {
