@@ -21,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from topdog.observability.metrics import websockets_counted  # noqa: E402
 from topdog.ws_auth import TokenAuthMiddleware, origin_checked  # noqa: E402
 from workflows.broadcast import broadcast_loop_set  # noqa: E402
 from workflows.routing import websocket_urlpatterns  # noqa: E402
@@ -34,9 +35,12 @@ router = ProtocolTypeRouter(
         "http": http_app,
         # Origin must be this server's own (scheme, host and port; a missing Origin, as
         # from non-browser clients, is let through); then session cookie or API token
-        # decides who is connecting.
-        "websocket": origin_checked(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        # decides who is connecting. Counted (topdog_websockets_open) from accept until
+        # the consumer ends.
+        "websocket": websockets_counted(
+            origin_checked(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

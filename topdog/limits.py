@@ -25,9 +25,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
+from workflows.api.errors import DATABASE_RETRY_AFTER_SECONDS
+
 API_PREFIX = "/api/"
 # Seconds a client is told to wait when the database does not answer.
-DATABASE_RETRY_AFTER_SECONDS = 5
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 logger = logging.getLogger("django.request")

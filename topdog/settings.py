@@ -11,9 +11,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
 from topdog.env import env_bool, env_int, env_list, env_str
+from topdog.observability.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TOPDOG_VAR_DIR", str(BASE_DIR / "var")))
@@ -46,6 +48,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "topdog.observability",
     "django_tasks",
     "django_tasks_db",
     "ai_orchestration",
@@ -53,6 +56,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: request id, HTTP metrics and the access log see every response.
+    "topdog.observability.middleware.RequestObservabilityMiddleware",
     "topdog.limits.RequestGuardMiddleware",
     "topdog.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -191,10 +196,10 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "workflows.api.errors.exception_handler",
-    # With Redis, the windows live in Redis (topdog/throttling.py: one round trip).
+    # With Redis, the windows live in Redis (workflows/api/throttling.py: one round trip).
     "DEFAULT_THROTTLE_CLASSES": [
-        "topdog.throttling.RedisAnonRateThrottle",
-        "topdog.throttling.RedisUserRateThrottle",
+        "workflows.api.throttling.RedisAnonRateThrottle",
+        "workflows.api.throttling.RedisUserRateThrottle",
     ]
     if REDIS_URL
     else [
@@ -315,14 +320,27 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# --- Logs, metrics, traces (topdog/observability/) ---------------------------------
+# "plain" (default) or "json": one JSON object per line with request_id, user and, where
+# known, workflow_id/run_id. Secrets are scrubbed from every line in both formats.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").strip().lower() or "plain"
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+# GET /metrics: "protected" (staff, or Authorization: Bearer TOPDOG_METRICS_TOKEN),
+# "open" (anyone) or "off" (404).
+TOPDOG_METRICS = env_str("TOPDOG_METRICS", "protected").strip().lower() or "protected"
+if TOPDOG_METRICS not in ("protected", "open", "off"):
+    raise ImproperlyConfigured(
+        f"TOPDOG_METRICS must be protected, open or off, got {TOPDOG_METRICS!r}"
+    )
+TOPDOG_METRICS_TOKEN = env_str("TOPDOG_METRICS_TOKEN")
+# A task worker serves its own in-process metrics (provider calls) on this port, or on
+# the first free one of a range ("9101-9108"); unset: not served.
+TOPDOG_WORKER_METRICS_PORT = env_str("TOPDOG_WORKER_METRICS_PORT")
+TOPDOG_WORKER_METRICS_ADDR = env_str("TOPDOG_WORKER_METRICS_ADDR", "127.0.0.1")
+# OpenTelemetry traces go to this OTLP/HTTP endpoint when set (unset: no tracing at all).
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
+# Put prompt and answer text on model-call spans (scrubbed of known secrets).
+TOPDOG_OTEL_CAPTURE_PROMPTS = env_bool("TOPDOG_OTEL_CAPTURE_PROMPTS", False)
 
 # --- manage.py serve ------------------------------------------------------------------
 # Serve /static/ (the admin's CSS and JS) from the ASGI app; turn off when a proxy or

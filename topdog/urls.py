@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ai_orchestration.urls import urlpatterns as ai_api_urlpatterns
+from topdog.observability.views import metrics_view
 from workflows.api.urls import urlpatterns as workflows_api_urlpatterns
 
 # One `api` namespace (reverse("api:...")) served from both apps' route lists.
@@ -17,4 +18,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include((api_urlpatterns, "api"))),
+    path("metrics", metrics_view, name="metrics"),
 ]

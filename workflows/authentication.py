@@ -7,7 +7,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
-from topdog.throttling import auth_failure_throttle
+from workflows.api.throttling import auth_failure_throttle
 from workflows.models import ApiToken
 from workflows.selectors import api_token_find
 
@@ -32,7 +32,7 @@ class ApiTokenAuthentication(BaseAuthentication):
         if not parts or parts[0].lower() not in self.keywords:
             return None
         # Failures count per client address; an address over the limit is 429 before
-        # its token is even looked at (topdog.throttling.AuthFailureThrottle).
+        # its token is even looked at (workflows.api.throttling.AuthFailureThrottle).
         throttle = auth_failure_throttle()
         wait = throttle.blocked(request)
         if wait is not None:

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -202,27 +203,17 @@ def check_run_execute(
     return _complete(run, workflow, outcome)
 
 
+@dataclass
 class _Outcome:
     """What executing a run found, before it is written."""
 
-    def __init__(
-        self,
-        status: str,
-        reason: str = "",
-        *,
-        command: str = "",
-        result: SandboxResult | None = None,
-        junit: JUnitReport | None = None,
-        junit_sha256: str = "",
-        details: dict | None = None,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self.command = command
-        self.result = result
-        self.junit = junit
-        self.junit_sha256 = junit_sha256
-        self.details = details or {}
+    status: str
+    reason: str = ""
+    command: str = ""
+    result: SandboxResult | None = None
+    junit: JUnitReport | None = None
+    junit_sha256: str = ""
+    details: dict = field(default_factory=dict)
 
 
 def _claim(check_id: Any) -> CheckRun | None:
@@ -263,7 +254,15 @@ def _execute(run: CheckRun, workflow: Workflow, cancelled: "_CancelCheck") -> _O
         return _test(run, workflow, workspace.path, deps_dir, command, cancelled, details)
 
 
-def _test(run, workflow, tree: Path, deps_dir, command, cancelled, details) -> _Outcome:
+def _test(
+    run: CheckRun,
+    workflow: Workflow,
+    tree: Path,
+    deps_dir: Path | None,
+    command: str,
+    cancelled: "_CancelCheck",
+    details: dict,
+) -> _Outcome:
     with tempfile.TemporaryDirectory(prefix="topdog-artifacts-") as artifacts:
         artifacts_dir = Path(artifacts)
         inside = "/artifacts" if sandbox_backend().isolated else artifacts
@@ -304,7 +303,9 @@ def _test(run, workflow, tree: Path, deps_dir, command, cancelled, details) -> _
     )
 
 
-def _setup(run, workflow, tree: Path, cancelled) -> tuple[Path | None, str]:
+def _setup(
+    run: CheckRun, workflow: Workflow, tree: Path, cancelled: "_CancelCheck"
+) -> tuple[Path | None, str]:
     """The dependency cache for this tree, set up if needed: (its dir, why setup failed)."""
     project = workflow.project
     if not project.setup_command:

@@ -9,9 +9,10 @@ fails the same way. A vendor SDK is imported only inside its own adapter.
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -123,6 +124,48 @@ class Provider(ABC):
         """
 
 
+class CallObservation(Protocol):
+    """What an observer learns of one model call while it runs."""
+
+    def attempt_failed(self, exc: Exception) -> None: ...
+
+    def completed(self, completion: Completion) -> None: ...
+
+
+# An observer wraps one model call (all its attempts): called with the provider's name and
+# the request, it returns a context manager yielding a CallObservation.
+CallObserver = Callable[[str, ChatRequest], AbstractContextManager[CallObservation]]
+_call_observers: list[CallObserver] = []
+
+
+def provider_call_observer_register(observer: CallObserver) -> None:
+    """Show every model call to `observer` (once; registered at start-up, e.g. by the
+    project's observability in its AppConfig.ready())."""
+    if observer not in _call_observers:
+        _call_observers.append(observer)
+
+
+class _Observations:
+    def __init__(self, observations: list[CallObservation]) -> None:
+        self.observations = observations
+
+    def attempt_failed(self, exc: Exception) -> None:
+        for observation in self.observations:
+            observation.attempt_failed(exc)
+
+    def completed(self, completion: Completion) -> None:
+        for observation in self.observations:
+            observation.completed(completion)
+
+
+@contextmanager
+def _observed(provider_name: str, request: ChatRequest) -> Iterator[_Observations]:
+    with ExitStack() as stack:
+        yield _Observations(
+            [stack.enter_context(observe(provider_name, request)) for observe in _call_observers]
+        )
+
+
 def complete_with_retries(
     provider: Provider,
     request: ChatRequest,
@@ -146,7 +189,45 @@ def complete_with_retries(
 
     Only the returned Completion is ever stored; the deltas of a failed attempt were
     shown live and are superseded by the next attempt's (see DeltaCallback).
+
+    Every call is shown to the registered observers (`provider_call_observer_register`:
+    the project's metrics, traces and log context), each failed attempt included.
     """
+    with _observed(provider.name, request) as call:
+        completion = _attempts(
+            provider,
+            request,
+            call=call,
+            deadline_seconds=deadline_seconds,
+            on_delta=on_delta,
+            should_cancel=should_cancel,
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            min_attempt_seconds=min_attempt_seconds,
+            sleep=sleep,
+            clock=clock,
+        )
+        call.completed(completion)
+        return completion
+
+
+def _attempts(
+    provider: Provider,
+    request: ChatRequest,
+    *,
+    call: "CallObservation",
+    deadline_seconds: float,
+    on_delta: DeltaCallback | None,
+    should_cancel: CancelCheck | None,
+    max_attempts: int,
+    base_delay: float,
+    max_delay: float,
+    min_attempt_seconds: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> Completion:
+    """complete_with_retries' loop, reporting each failed attempt to `call`."""
     on_delta = on_delta or (lambda _chunk, _attempt: None)
     should_cancel = should_cancel or (lambda: False)
     deadline = clock() + deadline_seconds
@@ -176,9 +257,11 @@ def complete_with_retries(
             )
         except ProviderCancelled as exc:
             exc.attempts = attempt
+            call.attempt_failed(exc)
             raise
         except ProviderError as exc:
             exc.attempts = attempt
+            call.attempt_failed(exc)
             last_error = exc
             if not exc.retryable:
                 raise

@@ -6,8 +6,8 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
-from topdog.throttling import auth_failure_throttle
 from workflows.api.idempotency import IdempotentMixin
+from workflows.api.throttling import auth_failure_throttle
 from workflows.authentication import TooManyFailures
 from workflows.models import Project, Workflow
 from workflows.serializer_fields import RoleModelsField

@@ -21,7 +21,6 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from topdog.limits import DATABASE_RETRY_AFTER_SECONDS
 from workflows.authentication import TooManyFailures
 from workflows.errors import (
     ActionForbidden,
@@ -36,6 +35,10 @@ from workflows.release import ReleaseFailed
 from workflows.selectors import project_list_for_user
 
 logger = logging.getLogger(__name__)
+
+
+# Seconds a client is told to wait when the database is unavailable (503).
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class IdempotencyKeyReused(exceptions.APIException):

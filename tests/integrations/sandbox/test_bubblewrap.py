@@ -241,8 +241,13 @@ def test_pytest_runs_inside_and_junit_is_read(bwrap_backend, request_for, worktr
         "def test_bad():\n    assert 2 * 2 == 5, 'arithmetic is broken'\n\n"
         "@pytest.mark.skip(reason='not today')\ndef test_later():\n    pass\n"
     )
+    # pytest starts slowly on a loaded machine: this run is not about the wall limit
+    patient = SandboxLimits(**{**LIMITS.__dict__, "wall_seconds": 60, "cpu_seconds": 60})
     result = bwrap_backend.run(
-        request_for("python -m pytest -q -p no:cacheprovider --junitxml=/artifacts/junit.xml")
+        request_for(
+            "python -m pytest -q -p no:cacheprovider --junitxml=/artifacts/junit.xml",
+            limits=patient,
+        )
     )
     assert result.exit_code == 1 and result.status == "failed", result.output
     assert "1 failed, 2 passed, 1 skipped" in result.output

@@ -10,8 +10,8 @@ from django.contrib.auth.models import AnonymousUser
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from topdog import throttling
-from topdog.throttling import RedisUserRateThrottle
+from workflows.api import throttling
+from workflows.api.throttling import RedisUserRateThrottle
 
 pytestmark = [
     pytest.mark.django_db,
@@ -104,7 +104,7 @@ def test_an_unreachable_redis_lets_requests_through_and_says_so(user, monkeypatc
     monkeypatch.setattr(throttling, "_window_script", lambda: script)
 
     # when
-    with caplog.at_level(logging.WARNING, logger="topdog.throttling"):
+    with caplog.at_level(logging.WARNING, logger="workflows.api.throttling"):
         allowed = [throttle("1/min").allow_request(request_of(user), None) for _ in range(3)]
 
     # then: the API stays up, and the log says why nothing is limited
