@@ -8,9 +8,15 @@ stopping at the first, so a red run lists them all. Path parameters are real ids
 workflow that has gone through DISCOVERY and PLANNING, so the 200 answers (pages,
 details, the usage report) are checked too, not only the 404s.
 
+Checked: no 5xx, every status documented, the documented content type, the body and
+headers as documented. Not asserted: that every schema-valid body is accepted (the
+serializers' cross-field rules, e.g. a failing report needs findings, are not in the
+schema).
+
 Not fuzzed: /api/schema/ itself (drf-spectacular's view; its answer is the document under
-test), /api/docs/ (HTML), the admin, the dashboard, websockets and the accounts pages
-(none of them is in the API document).
+test), /api/docs/ (HTML), /metrics (Prometheus text, not JSON), the admin, the dashboard,
+websockets and the accounts pages (none of them is in the API document); the IDE paths'
+trailing-slash aliases (the same views as the documented paths).
 """
 
 import functools
