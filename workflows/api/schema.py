@@ -5,8 +5,9 @@
   the responses a view declares for its domain errors (400/403/404/409/502).
 - `api_responses_complete` (a postprocessing hook): the answers any operation can give
   whatever its view: 401 (unless it needs no credentials), 414 (query string too long),
-  429 (throttled), 503 (database down); for a request body also 400, 413 and 415; for a
-  POST the optional `Idempotency-Key` header with its 400/409/422.
+  429 (throttled), 503 (database down); with query parameters 400 (a NUL in them); for a
+  request body also 400, 413 and 415; for a POST the optional `Idempotency-Key` header
+  with its 400/409/422.
 - `ide_slash_aliases_drop` (a preprocessing hook): the IDE paths also answer with a
   trailing slash (workflows/api/urls.py); the document shows each once, as the seed
   spells it.
@@ -109,6 +110,8 @@ def api_responses_complete(result: dict, generator: Any, **kwargs: Any) -> dict:
             codes = {414, 429, 503}
             if any(requirement for requirement in operation.get("security", [{}])):
                 codes.add(401)
+            if any(p.get("in") == "query" for p in operation.get("parameters", [])):
+                codes.add(400)  # a NUL in the query string (topdog/limits.py)
             if "requestBody" in operation or method in {"post", "patch", "put"}:
                 codes |= {400, 413, 415}
             if method == "post":
