@@ -2,7 +2,6 @@
 
 from decimal import Decimal
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -19,19 +18,37 @@ from ai_orchestration.context import prompt_request_next
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
-from workflows.api.pagination import PAGE_PARAMETERS, paginated
+from workflows.api.pagination import PAGE_PARAMETERS, page_of, paginated
+from workflows.api.schema import errors
 from workflows.selectors import workflow_usage
+from workflows.serializer_fields import ChoiceField, ModelNameField
 from workflows.services import Actor
+
+
+class ChatMessageSerializer(serializers.Serializer):
+    role = ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField(allow_blank=True)
 
 
 class GetAiPromptApi(ApiView):
     class GetAiPromptOutputSerializer(serializers.Serializer):
-        model = serializers.CharField()
-        messages = serializers.ListField(child=serializers.DictField())
-        temperature = serializers.FloatField()
-        max_tokens = serializers.IntegerField()
+        model = serializers.CharField(
+            help_text='The model id the workflow asked for ("gpt-4" stays "gpt-4"; a seed '
+            "name is its table's id; provider:model is the model part), or the role's."
+        )
+        messages = ChatMessageSerializer(many=True)
+        temperature = serializers.FloatField(
+            help_text="The role's setting in the project's role_models, else "
+            "TOPDOG_DEFAULT_TEMPERATURE (0.2)."
+        )
+        max_tokens = serializers.IntegerField(
+            help_text="The role's setting, else TOPDOG_DEFAULT_MAX_TOKENS (4096); at most "
+            "half the model's context window."
+        )
 
-    @extend_schema(request=None, responses=GetAiPromptOutputSerializer)
+    @extend_schema(
+        request=None, responses={200: GetAiPromptOutputSerializer, **errors(404, 409, 502)}
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         prompt = prompt_request_next(workflow=workflow)
@@ -41,8 +58,8 @@ class GetAiPromptApi(ApiView):
 class RunOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     workflow_id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=AIRun.Status.choices)
-    scope = serializers.ChoiceField(choices=AIRun.Scope.choices)
+    status = ChoiceField(choices=AIRun.Status.choices)
+    scope = ChoiceField(choices=AIRun.Scope.choices)
     phase = serializers.CharField()
     provider = serializers.CharField()
     model = serializers.CharField()
@@ -56,20 +73,24 @@ class RunOutputSerializer(serializers.Serializer):
 
 
 class RunStartSerializer(serializers.Serializer):
-    scope = serializers.ChoiceField(
+    scope = ChoiceField(
         choices=AIRun.Scope.choices,
         default=AIRun.Scope.WORKFLOW,
         help_text="phase: only the current phase; workflow: every phase that remains.",
     )
-    model = serializers.ChoiceField(
-        choices=list(settings.TOPDOG_MODELS),
+    model = ModelNameField(
         required=False,
-        help_text="Use this seed model for every role in this run.",
+        help_text="Use this model for every role in this run: a seed name, a model id or "
+        "provider:model.",
     )
 
 
 class WorkflowRunListApi(ApiView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=RunOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="workflows_runs_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(RunOutputSerializer), **errors(404)},
+    )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         return paginated(
@@ -80,7 +101,10 @@ class WorkflowRunListApi(ApiView):
             lambda runs: [run_summary(run) for run in runs],
         )
 
-    @extend_schema(request=RunStartSerializer, responses={202: RunOutputSerializer})
+    @extend_schema(
+        request=RunStartSerializer,
+        responses={202: RunOutputSerializer, **errors(400, 403, 404, 409)},
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         serializer = RunStartSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -95,7 +119,7 @@ class WorkflowRunListApi(ApiView):
 
 
 class WorkflowRunCancelApi(ApiView):
-    @extend_schema(request=None, responses=RunOutputSerializer)
+    @extend_schema(request=None, responses={200: RunOutputSerializer, **errors(403, 404, 409)})
     def post(self, request: Request, workflow_id: str, run_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         run = run_get_for_workflow(workflow=workflow, run_id=run_id)
@@ -104,8 +128,24 @@ class WorkflowRunCancelApi(ApiView):
         return Response(run_summary(run))
 
 
+class UsageTotalsSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.CharField(help_text="USD, as a decimal string.")
+
+
+class UsageBucketSerializer(UsageTotalsSerializer):
+    calls = serializers.IntegerField()
+
+
+class UsageSerializer(serializers.Serializer):
+    total = UsageTotalsSerializer()
+    by_role = serializers.DictField(child=UsageBucketSerializer())
+    by_phase = serializers.DictField(child=UsageBucketSerializer())
+
+
 class WorkflowUsageApi(ApiView):
-    @extend_schema(responses=dict)
+    @extend_schema(responses={200: UsageSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         usage = workflow_usage(workflow=workflow)

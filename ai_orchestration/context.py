@@ -17,6 +17,7 @@ from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
 from workflows.errors import TransitionConflict
 from workflows.evidence import evidence_example_text
 from workflows.models import Handoff, Message, RoleContext, Workflow
+from workflows.models_catalog import model_resolve, model_settings_for
 from workflows.services import available_transitions
 from workflows.states import HandoffKind, Sender
 
@@ -25,6 +26,8 @@ DEFAULT_CONTEXT_TOKENS = 128_000
 
 @dataclass(frozen=True)
 class PromptRequest:
+    # The vendor's model id, as the workflow (or the role's setting) asked for it:
+    # "gpt-4" stays "gpt-4"; a seed name is its table's id ("GPT4" → gpt-4o).
     model: str
     messages: list[dict] = field(default_factory=list)
     temperature: float = 0.2
@@ -35,6 +38,7 @@ class PromptRequest:
     trimmed: bool = False
     # Feedback of the handoff that sent the work back, when the latest one did.
     feedback: str = ""
+    provider: str = ""
 
     def as_payload(self) -> dict:
         return {
@@ -58,17 +62,26 @@ def prompt_request_next(*, workflow: Workflow) -> PromptRequest:
     return prompt_request_build(workflow=workflow)
 
 
-def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = None) -> PromptRequest:
+def prompt_request_build(
+    *, workflow: Workflow, context_tokens: int | None = None, model_name: str = ""
+) -> PromptRequest:
     """The chat request for `workflow`'s current phase, within the model's context.
 
-    Work is bounded by the budget, not the history: the role's messages are read newest
-    first, a page at a time, only until the budget is spent.
+    The model and sampling are the role's stored settings (`models_catalog`), or
+    `model_name`'s (an autopilot run's override) with the role's temperature and
+    max_tokens. Work is bounded by the budget, not the history: the role's messages are
+    read newest first, a page at a time, only until the budget is spent.
     """
     role = workflow.current_role
     if role is None:
         raise ValueError(f"workflow is {workflow.state}; there is no next prompt")
     role_context = RoleContext.objects.get(workflow=workflow, role=role)
     model_settings = role_context.model_settings
+    if model_name:
+        sampling = {
+            k: model_settings[k] for k in ("temperature", "max_tokens") if k in model_settings
+        }
+        model_settings = model_settings_for(name=model_name, role_setting=sampling)
     max_tokens = model_settings.get("max_tokens", settings.TOPDOG_DEFAULT_MAX_TOKENS)
     window = context_tokens or model_settings.get("context_tokens") or DEFAULT_CONTEXT_TOKENS
     budget = window - max_tokens
@@ -111,7 +124,8 @@ def prompt_request_build(*, workflow: Workflow, context_tokens: int | None = Non
         instruction,
     ]
     return PromptRequest(
-        model=model_settings.get("model", workflow.model_name),
+        model=model_settings.get("model") or model_resolve(workflow.model_name).model,
+        provider=model_settings.get("provider") or model_resolve(workflow.model_name).provider,
         messages=messages,
         temperature=model_settings.get("temperature", settings.TOPDOG_DEFAULT_TEMPERATURE),
         max_tokens=max_tokens,

@@ -5,6 +5,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from workflows.models_catalog import MAX_NAME_LENGTH
+
 
 class AIRun(models.Model):
     """One autopilot execution over a workflow: a phase, or the rest of the workflow."""
@@ -31,7 +33,11 @@ class AIRun(models.Model):
     scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.WORKFLOW)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     phase = models.CharField(max_length=20, blank=True, help_text="Phase being worked on.")
-    model_name = models.CharField(max_length=40, blank=True, help_text="Seed model override.")
+    model_name = models.CharField(
+        max_length=MAX_NAME_LENGTH,
+        blank=True,
+        help_text="Model override for every role: a seed name, a model id or provider:model.",
+    )
     provider = models.CharField(max_length=40, blank=True)
     model = models.CharField(max_length=100, blank=True)
     phases_completed = models.PositiveSmallIntegerField(default=0)

@@ -4,13 +4,14 @@ one `api` namespace."""
 from django.urls import path
 
 from ai_orchestration import api
+from workflows.api.urls import ide_paths
 
 urlpatterns = [
-    # The IDE contract's fourth endpoint: exact path, no trailing slash.
-    path(
+    # The IDE contract's fourth endpoint: exact path, with or without a trailing slash.
+    *ide_paths(
         "ai-workflows/get-ai-prompt/<str:workflow_id>",
         api.GetAiPromptApi.as_view(),
-        name="ide-get-ai-prompt",
+        "ide-get-ai-prompt",
     ),
     path(
         "workflows/<str:workflow_id>/runs/",

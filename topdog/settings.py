@@ -229,7 +229,21 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"PhaseEnum": "workflows.states.PHASES"},
+    "ENUM_NAME_OVERRIDES": {
+        "PhaseEnum": "workflows.states.PHASES",
+        "CheckRunKindEnum": "workflows.models.CheckRun.Kind",
+        "CheckRunStatusEnum": "workflows.models.CheckRun.Status",
+        "RunStatusEnum": "ai_orchestration.models.AIRun.Status",
+        "RegressTargetEnum": ["IMPLEMENTATION", "PLANNING"],
+        "HealthStatusEnum": ["ok", "degraded"],
+    },
+    # The IDE paths' trailing-slash aliases are left out; every operation lists every
+    # status it can answer (workflows/api/schema.py).
+    "PREPROCESSING_HOOKS": ["workflows.api.schema.ide_slash_aliases_drop"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "workflows.api.schema.api_responses_complete",
+    ],
 }
 
 # --- TopDog ---------------------------------------------------------------------------
@@ -257,7 +271,41 @@ TOPDOG_MODELS = {
     },
     "OFFLINE": {"provider": "offline", "model": "topdog-offline-1", "context_tokens": 16_000},
 }
+# Besides the seed names above (any case), `model` may be a concrete model id, routed to
+# its provider by the first prefix here that it starts with, or `provider:model` with a
+# provider of TOPDOG_PROVIDERS (`local:llama3.1`, `openai:gpt-4.1`). workflows/models_catalog.py
+# resolves every name.
+TOPDOG_MODEL_ROUTES = [
+    ("gpt-", "openai"),
+    ("chatgpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("claude-", "anthropic"),
+]
+# Context windows of model families (the longest family a model id belongs to: `gpt-4`
+# covers `gpt-4-0613` but not `gpt-4o`); else the provider's default below.
+TOPDOG_MODEL_CONTEXT_TOKENS = {
+    "gpt-4": 8_192,
+    "gpt-4-32k": 32_768,
+    "gpt-4-turbo": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-3.5-turbo": 16_385,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    **json.loads(env_str("TOPDOG_MODEL_CONTEXT_TOKENS_JSON") or "{}"),
+}
+TOPDOG_PROVIDER_CONTEXT_TOKENS = {
+    "openai": 128_000,
+    "anthropic": 200_000,
+    "local": env_int("TOPDOG_LOCAL_CONTEXT_TOKENS", 8192),
+    "offline": 16_000,
+}
 TOPDOG_DEFAULT_MODEL = env_str("TOPDOG_DEFAULT_MODEL", "OFFLINE")
+# Sampling defaults of every role; a project's `role_models` may set them per role.
 TOPDOG_DEFAULT_TEMPERATURE = 0.2
 TOPDOG_DEFAULT_MAX_TOKENS = env_int("TOPDOG_DEFAULT_MAX_TOKENS", 4096)
 # Regressions a workflow may take before the next one fails it.
@@ -348,9 +396,24 @@ TOPDOG_WS_REPLAY_LIMIT = env_int("TOPDOG_WS_REPLAY_LIMIT", 5000)
 # --- Autopilot ------------------------------------------------------------------------
 # USD per million tokens (input, output) by model; local and offline models cost 0.
 # Override with TOPDOG_PRICES_JSON='{"model": [input, output], ...}'.
+# A model id is priced by the longest family it belongs to (`gpt-4o-2024-08-06` as
+# `gpt-4o`); an id of no listed family is booked at 0 with a warning in the log.
 TOPDOG_PRICES = {
+    "gpt-4": [30.0, 60.0],
+    "gpt-4-turbo": [10.0, 30.0],
+    "gpt-3.5-turbo": [0.5, 1.5],
     "gpt-4o": [2.5, 10.0],
     "gpt-4o-mini": [0.15, 0.6],
+    "gpt-4.1": [2.0, 8.0],
+    "gpt-4.1-mini": [0.4, 1.6],
+    "o1": [15.0, 60.0],
+    "o3": [2.0, 8.0],
+    "o4-mini": [1.1, 4.4],
+    "claude-3-5-sonnet": [3.0, 15.0],
+    "claude-3-7-sonnet": [3.0, 15.0],
+    "claude-3-5-haiku": [0.8, 4.0],
+    "claude-3-opus": [15.0, 75.0],
+    "claude-sonnet-4": [3.0, 15.0],
     "claude-sonnet-4-6": [3.0, 15.0],
     "claude-sonnet-4-5": [3.0, 15.0],
     **json.loads(env_str("TOPDOG_PRICES_JSON") or "{}"),

@@ -2,20 +2,28 @@
 
 `evidence_validate(phase=..., data=...)` is the one entry point: the API, the admin and
 the autopilot all validate through it, so a phase result means the same everywhere.
+Aliases (`EVIDENCE_ALIASES`, the seed IDE's DISCOVERY shape) are read before validation
+and unknown keys are kept under `extra`.
 """
 
 import hashlib
 import json
 import posixpath
+from collections.abc import Iterator
 from functools import cache
+from itertools import count
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from workflows.serializer_fields import ChoiceField
 from workflows.states import State
 
 MAX_FILE_BYTES = 1_000_000
+# A requirement's priority in the seed's words, read as must/should/could.
+PRIORITY_ALIASES = {"critical": "must", "high": "must", "medium": "should", "low": "could"}
 
 
 def canonical_json(value: Any) -> str:
@@ -54,7 +62,7 @@ class RepoPathField(serializers.CharField):
 class RequirementSerializer(serializers.Serializer):
     id = serializers.CharField(max_length=40)
     description = serializers.CharField(max_length=4000)
-    priority = serializers.ChoiceField(choices=["must", "should", "could"], default="must")
+    priority = ChoiceField(choices=["must", "should", "could"], default="must")
     acceptance_criteria = serializers.ListField(
         child=serializers.CharField(max_length=2000), min_length=1
     )
@@ -108,7 +116,7 @@ class PlanningEvidence(serializers.Serializer):
 
 class FileChangeSerializer(serializers.Serializer):
     path = RepoPathField(max_length=500)
-    action = serializers.ChoiceField(choices=["create", "modify", "delete"])
+    action = ChoiceField(choices=["create", "modify", "delete"])
     content = serializers.CharField(
         required=False, allow_blank=True, trim_whitespace=False, max_length=MAX_FILE_BYTES
     )
@@ -138,7 +146,7 @@ class ImplementationEvidence(serializers.Serializer):
 
 
 class FindingSerializer(serializers.Serializer):
-    severity = serializers.ChoiceField(choices=["info", "minor", "major", "critical"])
+    severity = ChoiceField(choices=["info", "minor", "major", "critical"])
     message = serializers.CharField(max_length=5000)
     path = RepoPathField(max_length=500, required=False)
 
@@ -146,7 +154,7 @@ class FindingSerializer(serializers.Serializer):
 class TestingEvidence(serializers.Serializer):
     """Test report: verdict, findings and a quality score in 0..1."""
 
-    verdict = serializers.ChoiceField(choices=["pass", "fail"])
+    verdict = ChoiceField(choices=["pass", "fail"])
     findings = FindingSerializer(many=True, default=list)
     quality_score = serializers.FloatField(min_value=0.0, max_value=1.0)
     tests_run = serializers.IntegerField(min_value=0, required=False)
@@ -163,12 +171,10 @@ class TestingEvidence(serializers.Serializer):
 class VerificationEvidence(serializers.Serializer):
     """Verification verdict: approve or reject, findings and a score in 0..1."""
 
-    verdict = serializers.ChoiceField(choices=["approve", "reject"])
+    verdict = ChoiceField(choices=["approve", "reject"])
     findings = FindingSerializer(many=True, default=list)
     score = serializers.FloatField(min_value=0.0, max_value=1.0)
-    regress_to = serializers.ChoiceField(
-        choices=[State.IMPLEMENTATION, State.PLANNING], required=False
-    )
+    regress_to = ChoiceField(choices=[State.IMPLEMENTATION, State.PLANNING], required=False)
 
     def validate(self, attrs: dict) -> dict:
         if attrs["verdict"] == "reject":
@@ -218,6 +224,44 @@ class DeploymentEvidence(serializers.Serializer):
         return attrs
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1, "maxLength": 4000},
+            {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "maxLength": 40},
+                    "description": {"type": "string", "minLength": 1, "maxLength": 4000},
+                    "priority": {
+                        "type": "string",
+                        "enum": ["must", "should", "could", *PRIORITY_ALIASES],
+                    },
+                    "acceptance_criteria": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 2000},
+                        "minItems": 1,
+                    },
+                },
+                "required": ["description"],
+            },
+        ]
+    }
+)
+class SeedRequirementField(serializers.JSONField):
+    """A requirement as the seed IDE sends it: its text, or an object."""
+
+
+class DiscoverySeedEvidence(serializers.Serializer):
+    """DISCOVERY as the seed IDE sends it. Read as DiscoveryEvidence: the requirements get
+    ids R1, R2, … and an acceptance criterion when they have none, `document` is the
+    `ai_response`, and the other keys are kept under `extra` of the stored result."""
+
+    discovered_requirements = serializers.ListField(child=SeedRequirementField(), allow_empty=False)
+    user_feedback = serializers.CharField(required=False, allow_blank=True)
+    status = serializers.CharField(required=False, allow_blank=True)
+
+
 EVIDENCE_SCHEMAS: dict[str, type[serializers.Serializer]] = {
     State.DISCOVERY: DiscoveryEvidence,
     State.PLANNING: PlanningEvidence,
@@ -228,16 +272,126 @@ EVIDENCE_SCHEMAS: dict[str, type[serializers.Serializer]] = {
 }
 
 
-def evidence_validate(*, phase: str, data: Any) -> dict:
-    """Validate `data` as `phase`'s evidence; raises DRF ValidationError with field errors."""
+class EvidenceInvalid(ValidationError):
+    """`phase`'s evidence failed validation (the API adds the expected shape)."""
+
+    def __init__(self, detail: Any, *, phase: str) -> None:
+        super().__init__(detail)
+        self.phase = phase
+
+
+def evidence_validate(*, phase: str, data: Any, ai_response: str = "") -> dict:
+    """Validate `data` as `phase`'s evidence; raises EvidenceInvalid with field errors.
+
+    Aliases are accepted first (`evidence_normalize`); keys the phase does not know are
+    kept under `extra` in the result, not dropped."""
     if not isinstance(data, dict):
-        raise ValidationError({"phase_result": [f"{phase} evidence must be a JSON object"]})
+        raise EvidenceInvalid(
+            {"phase_result": [f"{phase} evidence must be a JSON object"]}, phase=phase
+        )
+    data, extra = evidence_normalize(phase=phase, data=data, ai_response=ai_response)
     serializer = EVIDENCE_SCHEMAS[phase](data=data)
     try:
         serializer.is_valid(raise_exception=True)
     except ValidationError as exc:
-        raise ValidationError({"phase_result": exc.detail}) from None
-    return json.loads(json.dumps(serializer.validated_data))
+        raise EvidenceInvalid({"phase_result": exc.detail}, phase=phase) from None
+    result = json.loads(json.dumps(serializer.validated_data))
+    if extra:
+        result["extra"] = extra
+    return result
+
+
+# Other names accepted for a phase's top-level fields (the seed IDE's and common
+# spellings); an alias is read only when the field itself is absent.
+EVIDENCE_ALIASES: dict[str, dict[str, str]] = {
+    State.DISCOVERY: {
+        "discovered_requirements": "requirements",
+        "requirements_document": "document",
+    },
+    State.PLANNING: {"tasks": "work_items", "plan": "summary"},
+    State.IMPLEMENTATION: {"changes": "files", "message": "commit_message"},
+    State.TESTING: {"score": "quality_score", "issues": "findings"},
+    State.VERIFICATION: {"quality_score": "score", "issues": "findings"},
+    State.DEPLOYMENT: {"pr_url": "pull_request_url", "pr_number": "pull_request_number"},
+}
+MAX_CRITERION_CHARS = 2000
+
+
+def evidence_normalize(*, phase: str, data: dict, ai_response: str = "") -> tuple[dict, dict]:
+    """`data` with aliases read and DISCOVERY's gaps filled, and the keys `phase` does
+    not know (with an `extra` object already there): (data, extra).
+
+    DISCOVERY: a requirement may be a string or lack `id` (R1, R2, … are given) or
+    `acceptance_criteria` (one is derived from its description); `document` is the
+    `ai_response` when absent, or a list of the requirements if that is empty too."""
+    data = dict(data)
+    for alias, field in EVIDENCE_ALIASES.get(phase, {}).items():
+        if alias in data and field not in data:
+            data[field] = data.pop(alias)
+    if phase == State.DISCOVERY:
+        data = _discovery_gaps_filled(data, ai_response)
+    known = _field_names(phase)
+    extra = data.pop("extra", {})
+    extra = dict(extra) if isinstance(extra, dict) else {"extra": extra}
+    for key in [key for key in data if key not in known]:
+        extra[key] = data.pop(key)
+    return data, extra
+
+
+@cache
+def _field_names(phase: str) -> frozenset[str]:
+    return frozenset(EVIDENCE_SCHEMAS[phase]().fields)
+
+
+def _discovery_gaps_filled(data: dict, ai_response: str) -> dict:
+    requirements = data.get("requirements")
+    if isinstance(requirements, list):
+        taken = {item.get("id") for item in requirements if isinstance(item, dict)}
+        ids = (f"R{n}" for n in count(1) if f"R{n}" not in taken)
+        data["requirements"] = [_requirement_filled(item, ids) for item in requirements]
+    if "document" not in data:
+        if ai_response.strip():
+            data["document"] = ai_response
+        elif isinstance(data.get("requirements"), list):
+            lines = [
+                f"- {item.get('id')}: {item.get('description')}"
+                for item in data["requirements"]
+                if isinstance(item, dict)
+            ]
+            data["document"] = "# Requirements\n\n" + "\n".join(lines)
+    return data
+
+
+def _requirement_filled(item: Any, ids: Iterator[str]) -> Any:
+    if isinstance(item, str):
+        item = {"description": item}
+    if not isinstance(item, dict):
+        return item
+    item = dict(item)
+    if "id" not in item:
+        item["id"] = next(ids)
+    description = item.get("description")
+    if "acceptance_criteria" not in item and isinstance(description, str) and description.strip():
+        item["acceptance_criteria"] = [
+            f"A reviewer confirms: {description.strip()}"[:MAX_CRITERION_CHARS]
+        ]
+    if isinstance(item.get("priority"), str):
+        item["priority"] = PRIORITY_ALIASES.get(item["priority"].lower(), item["priority"])
+    return item
+
+
+def evidence_expected(phase: str) -> dict:
+    """What `phase`'s evidence looks like, for an error answer: required fields, aliases,
+    a valid example and where its full schema is."""
+    fields = EVIDENCE_SCHEMAS[phase]().fields
+    return {
+        "phase": phase,
+        "required": [name for name, field in fields.items() if field.required],
+        "aliases": EVIDENCE_ALIASES.get(phase, {}),
+        "example": EVIDENCE_EXAMPLES[phase],
+        "schema": f"GET /api/schema/ → components.schemas.{EVIDENCE_SCHEMAS[phase].__name__}"
+        "Request",
+    }
 
 
 def evidence_artifacts(*, phase: str, result: dict) -> list[dict]:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
 
 from workflows.crypto import EncryptedTextField
+from workflows.models_catalog import MAX_NAME_LENGTH, role_setting_check
 from workflows.states import (
     NEXT_STATE,
     PHASES,
@@ -61,8 +62,9 @@ class Project(models.Model):
     role_models = models.JSONField(
         default=dict,
         blank=True,
-        help_text='Model per role, e.g. {"CODE_WRITER": "CLAUDE"}; others use the '
-        "workflow's model.",
+        help_text='Model per role, e.g. {"CODE_WRITER": "CLAUDE"}, or its settings, e.g. '
+        '{"CODE_WRITER": {"model": "claude-sonnet-4-5", "temperature": 0.2, "max_tokens": '
+        "8000}}; others use the workflow's model and the service's defaults.",
     )
     # Secrets: encrypted at rest, write-only in the API, never logged or broadcast.
     openai_api_key = EncryptedTextField(blank=True, help_text="Overrides OPENAI_API_KEY.")
@@ -120,12 +122,13 @@ class Project(models.Model):
         bad_roles = [role for role in self.role_models or {} if role not in Role.values]
         if bad_roles:
             raise ValidationError({"role_models": f"unknown roles {bad_roles}"})
-        models_known = set(settings.TOPDOG_MODELS)
-        bad_models = [m for m in (self.role_models or {}).values() if m not in models_known]
-        if bad_models:
-            raise ValidationError(
-                {"role_models": f"unknown models {bad_models}; choose from {sorted(models_known)}"}
-            )
+        if not isinstance(self.role_models or {}, dict):
+            raise ValidationError({"role_models": "an object of role → model or setting"})
+        for role, value in (self.role_models or {}).items():
+            try:
+                role_setting_check(value)
+            except ValueError as exc:
+                raise ValidationError({"role_models": f"{role}: {exc}"}) from None
         problem = sandbox_env_problem(self.sandbox_env)
         if problem:
             raise ValidationError({"sandbox_env": problem})
@@ -139,7 +142,15 @@ class Project(models.Model):
         )
 
     def model_for(self, role: str, default: str) -> str:
-        return (self.role_models or {}).get(role) or default
+        """The model name `role` uses: its `role_models` entry's, else `default`."""
+        return self.role_setting(role).get("model") or default
+
+    def role_setting(self, role: str) -> dict:
+        """`role`'s entry of `role_models` as {model?, temperature?, max_tokens?}."""
+        value = (self.role_models or {}).get(role)
+        if isinstance(value, str):
+            return {"model": value}
+        return value if isinstance(value, dict) else {}
 
     def has_gate(self, phase: str) -> bool:
         return phase in (self.approval_gates or [])
@@ -243,7 +254,9 @@ class Workflow(ConcurrentTransitionMixin, models.Model):
     external_user_id = models.CharField(max_length=200, blank=True)
     title = models.CharField(max_length=200)
     requirements = models.JSONField()
-    model_name = models.CharField(max_length=40)
+    model_name = models.CharField(
+        max_length=MAX_NAME_LENGTH, help_text="As asked: a seed name, a model id or provider:model."
+    )
 
     state = FSMField(max_length=20, choices=State.choices, default=State.DISCOVERY, protected=True)
     current_role = models.CharField(

@@ -60,7 +60,7 @@ def project_get_for_user(*, user: AbstractBaseUser, project_ref: Any) -> Project
     try:
         return project_list_for_user(user=user).get(**lookup)
     except Project.DoesNotExist as exc:
-        raise ProjectNotFound() from exc
+        raise ProjectNotFound(f"project {str(project_ref)[:100]!r} not found") from exc
 
 
 def workflow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Workflow]:

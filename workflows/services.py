@@ -24,6 +24,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
 from django_fsm import ConcurrentTransition
+from rest_framework.exceptions import ValidationError
 
 from workflows.broadcast import workflow_events_broadcast
 from workflows.errors import (
@@ -51,6 +52,7 @@ from workflows.models import (
     Workflow,
     WorkflowEvent,
 )
+from workflows.models_catalog import UnknownModel, model_resolve, model_settings_for
 from workflows.prompts import (
     prompt_render,
     prompt_template_active,
@@ -355,7 +357,9 @@ def _role_context_upsert(workflow: Workflow) -> None:
     template = getattr(workflow, "active_templates", {}).get(role)
     if template is None:
         template = prompt_template_active(role=role)
-    model_name = workflow.project.model_for(role, workflow.model_name)
+    model_settings = model_settings_for(
+        name=workflow.model_name, role_setting=workflow.project.role_setting(role)
+    )
     context = RoleContext(
         workflow=workflow,
         role=role,
@@ -364,12 +368,7 @@ def _role_context_upsert(workflow: Workflow) -> None:
         ),
         prompt_template=template,
         prompt_version=template.sha256,
-        model_settings={
-            "model_name": model_name,
-            **settings.TOPDOG_MODELS[model_name],
-            "temperature": settings.TOPDOG_DEFAULT_TEMPERATURE,
-            "max_tokens": settings.TOPDOG_DEFAULT_MAX_TOKENS,
-        },
+        model_settings=model_settings,
     )
     RoleContext.objects.bulk_create(
         [context],
@@ -513,7 +512,10 @@ def workflow_initialize(
             raise ProjectNotFound()
         if role == MemberRole.VIEWER:
             raise ActionForbidden("starting a workflow needs project role owner or developer")
-    model_name = model_name or settings.TOPDOG_DEFAULT_MODEL
+    try:
+        model_name = model_resolve(model_name or settings.TOPDOG_DEFAULT_MODEL).name
+    except UnknownModel as exc:
+        raise ValidationError({"model": [str(exc)]}) from None
     with transaction.atomic():
         workflow = Workflow(
             project=project,
@@ -575,7 +577,7 @@ def _phase_complete(
     workflow: Workflow, actor: Actor, ai_response: str, result: Any, usage: CallUsage
 ) -> _Change:
     phase, role = workflow.state, workflow.current_role
-    evidence = evidence_validate(phase=phase, data=result)
+    evidence = evidence_validate(phase=phase, data=result, ai_response=ai_response)
     evidence, change_set_checked = evidence_verify(
         workflow=workflow, phase=phase, evidence=evidence
     )

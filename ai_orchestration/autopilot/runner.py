@@ -190,14 +190,12 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
 def _call_prepare(run: AIRun, workflow: Workflow, check: CheckRun | None) -> _PhaseCall:
     """The chat request for the current phase, as get-ai-prompt serves it, and its provider."""
     phase, role = workflow.state, workflow.current_role
-    prompt = prompt_request_build(workflow=workflow)
-    model_name = run.model_name or workflow.project.model_for(role, workflow.model_name)
-    catalog = settings.TOPDOG_MODELS[model_name]
+    prompt = prompt_request_build(workflow=workflow, model_name=run.model_name)
     provider = provider_for(
-        catalog["provider"], api_key=workflow.project.provider_api_key(catalog["provider"])
+        prompt.provider, api_key=workflow.project.provider_api_key(prompt.provider)
     )
     request = ChatRequest(
-        model=catalog["model"],
+        model=prompt.model,
         messages=tuple(ChatMessage(m["role"], m["content"]) for m in prompt.messages),
         temperature=prompt.temperature,
         max_tokens=prompt.max_tokens,

@@ -21,6 +21,7 @@ from ai_orchestration.models import AIRun
 from workflows.check_runs import check_runs_reap
 from workflows.errors import ActionForbidden, TransitionConflict
 from workflows.listeners import TransitionCommitted
+from workflows.models_catalog import UnknownModel, model_resolve
 from workflows.services import Actor, transition_check, workflow_lock
 from workflows.states import MemberRole, Transition
 
@@ -49,8 +50,11 @@ def autopilot_start(
                 current_state=workflow.state,
                 allowed=[],
             )
-        if model_name and model_name not in settings.TOPDOG_MODELS:
-            raise ValidationError({"model": [f"choose from {', '.join(settings.TOPDOG_MODELS)}"]})
+        if model_name:
+            try:
+                model_name = model_resolve(model_name).name
+            except UnknownModel as exc:
+                raise ValidationError({"model": [str(exc)]}) from None
         run = AIRun.objects.create(
             workflow=workflow,
             scope=scope,

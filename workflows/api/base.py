@@ -10,6 +10,7 @@ from workflows.api.idempotency import IdempotentMixin
 from workflows.api.throttling import auth_failure_throttle
 from workflows.authentication import TooManyFailures
 from workflows.models import Project, Workflow
+from workflows.serializer_fields import RoleModelsField
 from workflows.services import available_transitions
 
 
@@ -67,7 +68,7 @@ class ProjectOutputSerializer(serializers.Serializer):
     regression_limit = serializers.IntegerField()
     quality_threshold = serializers.FloatField()
     budget_usd = serializers.DecimalField(max_digits=12, decimal_places=4, allow_null=True)
-    role_models = serializers.DictField(child=serializers.CharField())
+    role_models = RoleModelsField()
     test_command = serializers.CharField()
     setup_command = serializers.CharField()
     sandbox_env = serializers.DictField(child=serializers.CharField())

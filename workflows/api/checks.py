@@ -10,10 +10,12 @@ from rest_framework.response import Response
 
 from workflows import selectors
 from workflows.api.base import ApiView, validated_data
-from workflows.api.pagination import PAGE_PARAMETERS, PREVIEW_CHARS, paginated, tail
+from workflows.api.pagination import PAGE_PARAMETERS, PREVIEW_CHARS, page_of, paginated, tail
+from workflows.api.schema import errors
 from workflows.check_runs import check_run_cancel, check_run_request
 from workflows.errors import WorkflowNotFound
 from workflows.models import CheckRun
+from workflows.serializer_fields import ChoiceField
 from workflows.services import Actor
 
 
@@ -24,11 +26,11 @@ class CheckRunOutputSerializer(serializers.Serializer):
         allow_null=True, help_text="The IMPLEMENTATION result whose change set was checked."
     )
     attempt = serializers.IntegerField()
-    kind = serializers.ChoiceField(choices=CheckRun.Kind.choices)
+    kind = ChoiceField(choices=CheckRun.Kind.choices)
     backend = serializers.CharField()
     isolated = serializers.BooleanField()
     command = serializers.CharField()
-    status = serializers.ChoiceField(choices=CheckRun.Status.choices)
+    status = ChoiceField(choices=CheckRun.Status.choices)
     reason = serializers.CharField()
     exit_code = serializers.IntegerField(allow_null=True)
     tests_run = serializers.IntegerField(allow_null=True)
@@ -72,13 +74,17 @@ class CheckRunDetailSerializer(CheckRunOutputSerializer):
 
 
 class CheckRunInputSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField(
+    kind = ChoiceField(
         choices=[CheckRun.Kind.TEST], default=CheckRun.Kind.TEST, help_text="Only test runs."
     )
 
 
 class WorkflowCheckListApi(ApiView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=CheckRunSummarySerializer(many=True))
+    @extend_schema(
+        operation_id="workflows_checks_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(CheckRunSummarySerializer), **errors(404)},
+    )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         runs = selectors.workflow_check_runs(workflow=workflow)
@@ -90,7 +96,10 @@ class WorkflowCheckListApi(ApiView):
             lambda page: CheckRunSummarySerializer(page, many=True).data,
         )
 
-    @extend_schema(request=CheckRunInputSerializer, responses={202: CheckRunOutputSerializer})
+    @extend_schema(
+        request=CheckRunInputSerializer,
+        responses={202: CheckRunOutputSerializer, **errors(400, 403, 404, 409)},
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         data = validated_data(CheckRunInputSerializer, request)
         run = check_run_request(
@@ -100,7 +109,7 @@ class WorkflowCheckListApi(ApiView):
 
 
 class WorkflowCheckDetailApi(ApiView):
-    @extend_schema(responses=CheckRunDetailSerializer)
+    @extend_schema(responses={200: CheckRunDetailSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str, check_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         run = selectors.workflow_check_runs(workflow=workflow).filter(pk=_uuid(check_id)).first()
@@ -110,7 +119,7 @@ class WorkflowCheckDetailApi(ApiView):
 
 
 class WorkflowCheckCancelApi(ApiView):
-    @extend_schema(request=None, responses=CheckRunOutputSerializer)
+    @extend_schema(request=None, responses={200: CheckRunOutputSerializer, **errors(403, 404, 409)})
     def post(self, request: Request, workflow_id: str, check_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         if not selectors.workflow_check_runs(workflow=workflow).filter(pk=_uuid(check_id)).exists():

@@ -1,7 +1,9 @@
 """One mapping from domain errors to HTTP, with bodies that say what to do next.
 
-Every error body has `detail`; validation errors add `errors` (field -> messages) and
-conflicts add `current_state` and `allowed_transitions`. A database that does not answer
+Every error body has `detail`; validation errors add `errors` (field -> messages), and
+invalid evidence `expected` (the phase's required fields, aliases and an example);
+conflicts add `current_state` and `allowed_transitions`; an unknown project adds
+`projects` (the caller's, at most 20) and `create`. A database that does not answer
 is 503 with Retry-After. What reaches no view (unknown /api/ routes, uncaught
 exceptions, limits) is answered in JSON by topdog/limits.py.
 """
@@ -13,6 +15,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
+from django.urls import reverse
 from django_fsm import ConcurrentTransition
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -27,7 +30,9 @@ from workflows.errors import (
     TransitionConflict,
     WorkflowNotFound,
 )
+from workflows.evidence import EvidenceInvalid, evidence_expected
 from workflows.release import ReleaseFailed
+from workflows.selectors import project_list_for_user
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,9 @@ class IdempotencyKeyInFlight(exceptions.APIException):
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
-    if isinstance(exc, WorkflowNotFound | ProjectNotFound | Http404):
+    if isinstance(exc, ProjectNotFound):
+        return Response(_project_not_found(exc, context.get("request")), status=404)
+    if isinstance(exc, WorkflowNotFound | Http404):
         return Response({"detail": str(exc) or "not found"}, status=404)
     if isinstance(exc, TransitionConflict):
         return Response(
@@ -90,10 +97,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         )
     if isinstance(exc, exceptions.ValidationError):
-        return Response(
-            {"detail": _validation_summary(exc.detail), "errors": exc.detail},
-            status=400,
-        )
+        body = {"detail": _validation_summary(exc.detail), "errors": exc.detail}
+        if isinstance(exc, EvidenceInvalid):
+            body["expected"] = evidence_expected(exc.phase)
+        return Response(body, status=400)
     response = drf_exception_handler(exc, context)
     if isinstance(exc, exceptions.Throttled) and response is not None:
         reason = (
@@ -103,6 +110,29 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             "detail": f"{reason}; retry in {exc.wait:.0f} seconds" if exc.wait else reason
         }
     return response
+
+
+PROJECTS_LISTED = 20
+
+
+def _project_not_found(exc: ProjectNotFound, request: Any) -> dict:
+    """The 404 of an unknown project, with the projects the caller can use instead and
+    how to create one."""
+    user = getattr(request, "user", None)
+    slugs = []
+    if user is not None and user.is_authenticated:
+        projects = project_list_for_user(user=user).order_by("slug")
+        slugs = list(projects.values_list("slug", flat=True)[:PROJECTS_LISTED])
+    known = f"projects you can use: {', '.join(slugs)}" if slugs else "you are in no project yet"
+    return {
+        "detail": f"{exc}; {known}; create one with POST /api/projects/",
+        "projects": slugs,
+        "create": {
+            "method": "POST",
+            "url": reverse("api:project-list"),
+            "body": {"slug": "my-project", "name": "My project"},
+        },
+    }
 
 
 def _validation_summary(detail: Any) -> str:

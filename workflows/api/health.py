@@ -10,12 +10,14 @@ from django.db import connection
 from django_tasks import task_backends
 from django_tasks_db.backend import DatabaseBackend
 from django_tasks_db.models import DBTaskResult
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows.api.base import ApiView
+from workflows.serializer_fields import ChoiceField
 from workflows.verification import sandbox_health
 
 
@@ -64,11 +66,33 @@ def providers_configured() -> dict[str, bool]:
     }
 
 
+class HealthCheckSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    ms = serializers.FloatField(required=False)
+    error = serializers.CharField(required=False, help_text="The exception's class name.")
+
+
+class HealthSerializer(serializers.Serializer):
+    """Each dependency's check (with details such as `vendor` or `backend`)."""
+
+    status = ChoiceField(choices=["ok", "degraded"])
+    database = HealthCheckSerializer()
+    channel_layer = HealthCheckSerializer()
+    task_backend = HealthCheckSerializer()
+    sandbox = HealthCheckSerializer()
+    llm_providers = serializers.DictField(child=serializers.BooleanField())
+
+
 class HealthApi(ApiView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
-    @extend_schema(responses=dict)
+    @extend_schema(
+        responses={
+            200: HealthSerializer,
+            503: OpenApiResponse(HealthSerializer, description="A dependency is down."),
+        }
+    )
     def get(self, request: Request) -> Response:
         checks = {
             "database": _check(_database),

@@ -1,13 +1,14 @@
 """The IDE contract: initialize, complete-phase, status (get-ai-prompt: ai_orchestration.api)."""
 
-from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows import selectors
 from workflows.api.base import ApiView, next_action, validated_data
+from workflows.api.schema import PhaseResultField, errors, phase_result_examples
+from workflows.serializer_fields import ChoiceField, ModelNameField
 from workflows.services import (
     Actor,
     workflow_initialize,
@@ -16,7 +17,26 @@ from workflows.services import (
 from workflows.states import PHASES
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "description": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": r"\S",
+                "description": "What to build.",
+            }
+        },
+        "required": ["description"],
+        "additionalProperties": True,
+        "example": {"description": "Add dark mode to settings", "priority": "high"},
+    }
+)
 class RequirementsField(serializers.JSONField):
+    """What to build: an object with at least a non-empty `description`; other keys are
+    kept as given."""
+
     def to_internal_value(self, data: object) -> dict:
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
@@ -33,7 +53,7 @@ class InitializeApi(ApiView):
         build_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
         user_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
         requirements = RequirementsField()
-        model = serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS), required=False)
+        model = ModelNameField(required=False)
 
     class InitializeOutputSerializer(serializers.Serializer):
         workflow_id = serializers.UUIDField()
@@ -41,7 +61,10 @@ class InitializeApi(ApiView):
         system_prompt = serializers.CharField()
         next_action = serializers.JSONField()
 
-    @extend_schema(request=InitializeInputSerializer, responses={201: InitializeOutputSerializer})
+    @extend_schema(
+        request=InitializeInputSerializer,
+        responses={201: InitializeOutputSerializer, **errors(400, 403, 404)},
+    )
     def post(self, request: Request) -> Response:
         data = validated_data(self.InitializeInputSerializer, request)
         project = selectors.project_get_for_user(user=request.user, project_ref=data["project_id"])
@@ -67,8 +90,8 @@ class CompletePhaseApi(ApiView):
     class CompletePhaseInputSerializer(serializers.Serializer):
         workflow_id = serializers.UUIDField()
         ai_response = serializers.CharField(allow_blank=True, trim_whitespace=False)
-        phase_result = serializers.JSONField()
-        phase = serializers.ChoiceField(
+        phase_result = PhaseResultField()
+        phase = ChoiceField(
             choices=list(PHASES),
             required=False,
             help_text="The phase this result is for. When given and the workflow has moved "
@@ -86,7 +109,9 @@ class CompletePhaseApi(ApiView):
         phase_result_id = serializers.IntegerField()
 
     @extend_schema(
-        request=CompletePhaseInputSerializer, responses={200: CompletePhaseOutputSerializer}
+        request=CompletePhaseInputSerializer,
+        responses={200: CompletePhaseOutputSerializer, **errors(400, 403, 404, 409, 502)},
+        examples=phase_result_examples(),
     )
     def post(self, request: Request) -> Response:
         data = validated_data(self.CompletePhaseInputSerializer, request)
@@ -124,7 +149,7 @@ class StatusApi(ApiView):
         awaiting_approval = serializers.BooleanField()
         regression_count = serializers.IntegerField()
 
-    @extend_schema(responses=StatusOutputSerializer)
+    @extend_schema(responses={200: StatusOutputSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str) -> Response:
         # The IDE polls this: the selector returns the body ready-made (the serializer
         # above documents it for OpenAPI).

@@ -10,10 +10,12 @@ failures are) and the item says `truncated: true` when any preview was cut, with
 `url` of its detail.
 """
 
+from functools import cache
 from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,7 +27,10 @@ PREVIEW_CHARS = 2000
 PAGE_PARAMETERS = [
     OpenApiParameter("cursor", str, description="From the previous page's `next`."),
     OpenApiParameter(
-        "page_size", int, description=f"Default {PAGE_SIZE}, at most {MAX_PAGE_SIZE}."
+        "page_size",
+        {"type": "integer", "minimum": 1},
+        description=f"Default {PAGE_SIZE}, at most {MAX_PAGE_SIZE} (more is read as "
+        f"{MAX_PAGE_SIZE}).",
     ),
 ]
 
@@ -37,6 +42,24 @@ class ListPagination(CursorPagination):
 
     def __init__(self, ordering: tuple[str, ...]) -> None:
         self.ordering = ordering
+
+
+@cache
+def page_of(item: type[serializers.Serializer]) -> type[serializers.Serializer]:
+    """The OpenAPI shape of a page of `item`s: `{next, previous, results}`."""
+    name = item.__name__.removesuffix("Serializer")
+    return type(
+        f"Paginated{name}ListSerializer",
+        (serializers.Serializer,),
+        {
+            "__doc__": f"A page of {name} items; follow `next` until it is null.",
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null."),
+            "previous": serializers.URLField(
+                allow_null=True, help_text="The previous page, or null."
+            ),
+            "results": item(many=True),
+        },
+    )
 
 
 def paginated(

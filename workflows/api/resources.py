@@ -37,11 +37,14 @@ from workflows.api.pagination import (
     PAGE_SIZE,
     PREVIEW_CHARS,
     head,
+    page_of,
     paginated,
 )
+from workflows.api.schema import PhaseResultField, errors
 from workflows.errors import ActionForbidden, WorkflowNotFound
 from workflows.models import Membership, Message, PhaseResult, Project, sandbox_env_problem
 from workflows.release import workflow_release
+from workflows.serializer_fields import ChoiceField, ModelNameField, RoleModelsField
 from workflows.services import (
     Actor,
     workflow_approve,
@@ -92,17 +95,13 @@ class ProjectInputSerializer(serializers.Serializer):
         help_text="Without GitHub: an https remote on TOPDOG_GIT_REMOTE_HOSTS.",
     )
     default_branch = serializers.CharField(max_length=100, required=False)
-    approval_gates = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(PHASES)), required=False
-    )
+    approval_gates = serializers.ListField(child=ChoiceField(choices=list(PHASES)), required=False)
     regression_limit = serializers.IntegerField(min_value=0, max_value=50, required=False)
     quality_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     budget_usd = serializers.DecimalField(
         max_digits=12, decimal_places=4, min_value=0, required=False, allow_null=True
     )
-    role_models = serializers.DictField(
-        child=serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS)), required=False
-    )
+    role_models = RoleModelsField(required=False)
     test_command = serializers.CharField(
         max_length=1000,
         required=False,
@@ -153,12 +152,6 @@ class ProjectInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(problem)
         return value
 
-    def validate_role_models(self, value: dict) -> dict:
-        unknown = sorted(set(value) - set(Role.values))
-        if unknown:
-            raise serializers.ValidationError(f"unknown roles {unknown}")
-        return value
-
 
 class ProjectCreateSerializer(ProjectInputSerializer):
     slug = serializers.SlugField(max_length=80)
@@ -170,7 +163,11 @@ class ProjectCreateSerializer(ProjectInputSerializer):
 
 
 class ProjectListApi(ApiView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=ProjectOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="projects_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(ProjectOutputSerializer), **errors(404)},
+    )
     def get(self, request: Request) -> Response:
         projects = selectors.project_list_for_user(user=request.user)
         return paginated(
@@ -181,7 +178,9 @@ class ProjectListApi(ApiView):
             lambda page: ProjectOutputSerializer(page, many=True).data,
         )
 
-    @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectOutputSerializer})
+    @extend_schema(
+        request=ProjectCreateSerializer, responses={201: ProjectOutputSerializer, **errors(400)}
+    )
     def post(self, request: Request) -> Response:
         data = validated_data(ProjectCreateSerializer, request)
         with transaction.atomic():
@@ -192,12 +191,15 @@ class ProjectListApi(ApiView):
 
 
 class ProjectDetailApi(ApiView):
-    @extend_schema(responses=ProjectOutputSerializer)
+    @extend_schema(responses={200: ProjectOutputSerializer, **errors(404)})
     def get(self, request: Request, project_ref: str) -> Response:
         project = selectors.project_get_for_user(user=request.user, project_ref=project_ref)
         return Response(ProjectOutputSerializer(project).data)
 
-    @extend_schema(request=ProjectInputSerializer, responses=ProjectOutputSerializer)
+    @extend_schema(
+        request=ProjectInputSerializer,
+        responses={200: ProjectOutputSerializer, **errors(400, 403, 404)},
+    )
     def patch(self, request: Request, project_ref: str) -> Response:
         project = selectors.project_get_for_user(user=request.user, project_ref=project_ref)
         if project.member_role != MemberRole.OWNER:
@@ -224,10 +226,11 @@ class WorkflowListApi(ApiView):
     class WorkflowCreateSerializer(serializers.Serializer):
         project = serializers.CharField(help_text="Project id or slug.")
         requirements = RequirementsField()
-        model = serializers.ChoiceField(choices=list(settings.TOPDOG_MODELS), required=False)
+        model = ModelNameField(required=False)
         build_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
     @extend_schema(
+        operation_id="workflows_list",
         parameters=[
             OpenApiParameter("project", str, description="Project id or slug."),
             OpenApiParameter("state", str, many=True, enum=[s.value for s in State]),
@@ -237,10 +240,9 @@ class WorkflowListApi(ApiView):
             OpenApiParameter("created_after", datetime),
             OpenApiParameter("created_before", datetime),
             OpenApiParameter("q", str, description="Text in the title."),
-            OpenApiParameter("cursor", str),
-            OpenApiParameter("page_size", int),
+            *PAGE_PARAMETERS,
         ],
-        responses=WorkflowSummarySerializer(many=True),
+        responses={200: page_of(WorkflowSummarySerializer), **errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
         queryset = selectors.workflow_list_for_user(user=request.user)
@@ -251,7 +253,10 @@ class WorkflowListApi(ApiView):
         page = paginator.paginate_queryset(filterset.qs, request, view=self)
         return paginator.get_paginated_response(WorkflowSummarySerializer(page, many=True).data)
 
-    @extend_schema(request=WorkflowCreateSerializer, responses={201: WorkflowDetailSerializer})
+    @extend_schema(
+        request=WorkflowCreateSerializer,
+        responses={201: WorkflowDetailSerializer, **errors(400, 403, 404)},
+    )
     def post(self, request: Request) -> Response:
         data = validated_data(self.WorkflowCreateSerializer, request)
         project = selectors.project_get_for_user(user=request.user, project_ref=data["project"])
@@ -267,22 +272,29 @@ class WorkflowListApi(ApiView):
 
 
 class WorkflowDetailApi(ApiView):
-    @extend_schema(responses=WorkflowDetailSerializer)
+    @extend_schema(responses={200: WorkflowDetailSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         return Response(WorkflowDetailSerializer(workflow).data)
 
 
+class TransitionedSerializer(WorkflowDetailSerializer):
+    """The workflow as it stands after a transition, and what it was before."""
+
+    previous_state = serializers.CharField()
+    handoff_id = serializers.IntegerField(allow_null=True)
+
+
 class TransitionInputSerializer(serializers.Serializer):
-    transition = serializers.ChoiceField(choices=Transition.choices)
+    transition = ChoiceField(choices=Transition.choices)
     reason = serializers.CharField(required=False, allow_blank=True, max_length=5000)
     feedback = serializers.CharField(required=False, allow_blank=True, max_length=50_000)
-    target = serializers.ChoiceField(
+    target = ChoiceField(
         choices=["IMPLEMENTATION", "PLANNING"], required=False, help_text="For regress."
     )
     ai_response = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    phase_result = serializers.JSONField(required=False, help_text="For complete.")
-    phase = serializers.ChoiceField(choices=list(PHASES), required=False)
+    phase_result = PhaseResultField(required=False, help_text="For complete: the evidence.")
+    phase = ChoiceField(choices=list(PHASES), required=False)
 
     def validate(self, attrs: dict) -> dict:
         wanted = attrs["transition"]
@@ -298,7 +310,10 @@ class TransitionInputSerializer(serializers.Serializer):
 class WorkflowTransitionApi(ApiView):
     """Ask for any transition; the answer is the workflow as it now stands."""
 
-    @extend_schema(request=TransitionInputSerializer, responses=WorkflowDetailSerializer)
+    @extend_schema(
+        request=TransitionInputSerializer,
+        responses={200: TransitionedSerializer, **errors(400, 403, 404, 409, 502)},
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         data = validated_data(TransitionInputSerializer, request)
         actor = Actor.of(request.user)
@@ -340,7 +355,10 @@ class WorkflowCancelApi(ApiView):
     class CancelInputSerializer(serializers.Serializer):
         reason = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
-    @extend_schema(request=CancelInputSerializer, responses=WorkflowDetailSerializer)
+    @extend_schema(
+        request=CancelInputSerializer,
+        responses={200: TransitionedSerializer, **errors(400, 403, 404, 409)},
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         data = validated_data(self.CancelInputSerializer, request)
         outcome = workflow_cancel(
@@ -353,7 +371,9 @@ class WorkflowReleaseApi(ApiView):
     """DEPLOYMENT for real: push the change set and open the pull request (or store a
     patch when the project has nowhere to push), then complete the phase."""
 
-    @extend_schema(request=None, responses=WorkflowDetailSerializer)
+    @extend_schema(
+        request=None, responses={200: TransitionedSerializer, **errors(403, 404, 409, 502)}
+    )
     def post(self, request: Request, workflow_id: str) -> Response:
         outcome = workflow_release(workflow_id=workflow_id, actor=Actor.of(request.user))
         return _transitioned(request, outcome)
@@ -362,7 +382,7 @@ class WorkflowReleaseApi(ApiView):
 class WorkflowPatchApi(ApiView):
     """The released change set as a unified diff (`git apply` it)."""
 
-    @extend_schema(responses={(200, "text/x-diff"): str})
+    @extend_schema(responses={(200, "text/x-diff"): str, **errors(404)})
     def get(self, request: Request, workflow_id: str) -> HttpResponse:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         release = (
@@ -501,13 +521,33 @@ def _compact_json(value: object) -> str:
 EVENT_PAGE_MAX = 1000
 
 
+class EventPageSerializer(serializers.Serializer):
+    """A page of a workflow's events, oldest first; follow `next` (or ask again with
+    `after=next_after`) until it is null."""
+
+    workflow_id = serializers.UUIDField()
+    last_seq = serializers.IntegerField(help_text="The seq of the workflow's latest event.")
+    next_after = serializers.IntegerField(allow_null=True)
+    next = serializers.URLField(allow_null=True)
+    results = EventOutputSerializer(many=True)
+
+
 class WorkflowEventListApi(ApiView):
     @extend_schema(
+        operation_id="workflows_events_list",
         parameters=[
-            OpenApiParameter("after", int, description="Only events with a greater seq."),
-            OpenApiParameter("limit", int, description=f"At most this many (<= {EVENT_PAGE_MAX})."),
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0},
+                description="Only events with a greater seq.",
+            ),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": EVENT_PAGE_MAX},
+                description=f"At most this many (default and at most {EVENT_PAGE_MAX}).",
+            ),
         ],
-        responses=EventOutputSerializer(many=True),
+        responses={200: EventPageSerializer, **errors(400, 404)},
     )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
@@ -531,7 +571,11 @@ class WorkflowEventListApi(ApiView):
 
 
 class WorkflowHandoffListApi(ApiView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=HandoffOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="workflows_handoffs_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(HandoffOutputSerializer), **errors(404)},
+    )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         handoffs = selectors.workflow_handoffs(workflow=workflow)
@@ -546,8 +590,9 @@ class WorkflowHandoffListApi(ApiView):
 
 class WorkflowMessageListApi(ApiView):
     @extend_schema(
+        operation_id="workflows_messages_list",
         parameters=[OpenApiParameter("role", str, enum=[r.value for r in Role]), *PAGE_PARAMETERS],
-        responses=MessageSummarySerializer(many=True),
+        responses={200: page_of(MessageSummarySerializer), **errors(400, 404)},
     )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
@@ -565,7 +610,7 @@ class WorkflowMessageListApi(ApiView):
 
 
 class WorkflowMessageDetailApi(ApiView):
-    @extend_schema(responses=MessageOutputSerializer)
+    @extend_schema(responses={200: MessageOutputSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str, seq: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         message = (
@@ -577,7 +622,11 @@ class WorkflowMessageDetailApi(ApiView):
 
 
 class WorkflowPhaseResultListApi(ApiView):
-    @extend_schema(parameters=PAGE_PARAMETERS, responses=PhaseResultSummarySerializer(many=True))
+    @extend_schema(
+        operation_id="workflows_phase_results_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of(PhaseResultSummarySerializer), **errors(404)},
+    )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         results = selectors.workflow_phase_results(workflow=workflow)
@@ -591,7 +640,7 @@ class WorkflowPhaseResultListApi(ApiView):
 
 
 class WorkflowPhaseResultDetailApi(ApiView):
-    @extend_schema(responses=PhaseResultOutputSerializer)
+    @extend_schema(responses={200: PhaseResultOutputSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str, result_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         result = (

@@ -2,11 +2,19 @@ from django.urls import path
 
 from workflows.api import checks, health, ide, resources
 
+
+def ide_paths(route: str, view: object, name: str) -> list:
+    """An IDE path as the seed spells it (no trailing slash) and with one: the same view,
+    no redirect (a redirected POST loses its body). The slash form is left out of the
+    OpenAPI document (workflows/api/schema.py)."""
+    return [path(route, view, name=name), path(f"{route}/", view, name=f"{name}-slash")]
+
+
 urlpatterns = [
-    # The IDE contract: exact paths, no trailing slash (get-ai-prompt: ai_orchestration.urls).
-    path("ai-workflows/initialize", ide.InitializeApi.as_view(), name="ide-initialize"),
-    path("ai-workflows/complete-phase", ide.CompletePhaseApi.as_view(), name="ide-complete-phase"),
-    path("ai-workflows/status/<str:workflow_id>", ide.StatusApi.as_view(), name="ide-status"),
+    # The IDE contract: exact paths (get-ai-prompt: ai_orchestration.urls).
+    *ide_paths("ai-workflows/initialize", ide.InitializeApi.as_view(), "ide-initialize"),
+    *ide_paths("ai-workflows/complete-phase", ide.CompletePhaseApi.as_view(), "ide-complete-phase"),
+    *ide_paths("ai-workflows/status/<str:workflow_id>", ide.StatusApi.as_view(), "ide-status"),
     # Resources.
     path("projects/", resources.ProjectListApi.as_view(), name="project-list"),
     path(

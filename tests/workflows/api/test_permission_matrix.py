@@ -141,6 +141,10 @@ RULES = {
     "dashboard/": {"GET": [("", None, PAGE)]},
     "dashboard/workflows/{workflow_id}/": {"GET": [("", None, SCOPED_PAGE)]},
 }
+# The IDE paths answer with a trailing slash too (issue 13): the same view, the same rules.
+RULES.update(
+    {f"{route}/": rules for route, rules in list(RULES.items()) if route.startswith("api/ai-")}
+)
 # Known bugs, one case each: they must fail today (strict xfail turns a fix into a failure
 # that asks for the mark to go).
 # (The viewer's run cancel, which answered 200, was the one; it is 403 now.)
