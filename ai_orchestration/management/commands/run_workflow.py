@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from ai_orchestration.autopilot.items import ItemProgress
 from ai_orchestration.autopilot.runner import StepProgress, autopilot_step
 from ai_orchestration.autopilot.selectors import run_get
 from ai_orchestration.autopilot.services import autopilot_start
@@ -76,7 +77,11 @@ class Command(BaseCommand):
         if workflow.state != "COMPLETE":
             sys.exit(1)
 
-    def _progress(self, step: StepProgress) -> None:
+    def _progress(self, step: StepProgress | ItemProgress) -> None:
+        if isinstance(step, ItemProgress):  # one work item of IMPLEMENTATION
+            detail = f"  {step.detail}" if step.detail else ""
+            self.stdout.write(f"    {step.key:<6} {step.status:<9} try {step.attempt}{detail}")
+            return
         run = step.run
         self.stdout.write(
             f"  {step.phase:<15} → {step.new_state:<15} "
