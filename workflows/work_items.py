@@ -184,7 +184,7 @@ def work_items_unbooked_usage(*, workflow_id: Any) -> dict:
 
 def work_items_merged(*, workflow: Workflow) -> dict:
     """The change set of all done items, in dependency order, under one commit message."""
-    items = list(work_items_current(workflow_id=workflow.id))
+    items = list(work_items_current(workflow_id=workflow.id).order_by("id"))  # plan order
     order = topological_order({item.key: item.depends_on for item in items})
     by_key = {item.key: item for item in items}
     files = [change for key in order for change in by_key[key].result_files]
