@@ -14,15 +14,22 @@ from ai_orchestration.autopilot.selectors import (
     run_list_for_workflow,
 )
 from ai_orchestration.autopilot.services import autopilot_cancel, autopilot_start
-from ai_orchestration.context import prompt_request_next
+from ai_orchestration.context import (
+    prompt_request_next,
+    work_item_prompt_build,
+)
 from ai_orchestration.models import AIRun
 from workflows import selectors
 from workflows.api.base import ApiView
 from workflows.api.pagination import PAGE_PARAMETERS, page_of, paginated
 from workflows.api.schema import errors
+from workflows.errors import TransitionConflict, WorkflowNotFound
+from workflows.models import WorkItem
 from workflows.selectors import workflow_usage
 from workflows.serializer_fields import ChoiceField, ModelNameField
-from workflows.services import Actor
+from workflows.services import Actor, available_transitions
+from workflows.states import State
+from workflows.work_items import work_items_current
 
 
 class ChatMessageSerializer(serializers.Serializer):
@@ -53,6 +60,27 @@ class GetAiPromptApi(ApiView):
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         prompt = prompt_request_next(workflow=workflow)
         return Response(self.GetAiPromptOutputSerializer(prompt.as_payload()).data)
+
+
+class WorkItemPromptApi(ApiView):
+    """The chat request for one work item (as get-ai-prompt for the whole phase); 409
+    unless the item is ready (every item it depends on done)."""
+
+    @extend_schema(request=None, responses=GetAiPromptApi.GetAiPromptOutputSerializer)
+    def post(self, request: Request, workflow_id: str, key: str) -> Response:
+        workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
+        item = work_items_current(workflow_id=workflow.id).filter(key=key).first()
+        if item is None:
+            raise WorkflowNotFound(f"work item {key!r} is not in the workflow's current plan")
+        if workflow.state != State.IMPLEMENTATION or item.status != WorkItem.Status.READY:
+            raise TransitionConflict(
+                f"work item {key} is {item.status} and the workflow in {workflow.state}; "
+                "only a ready item of a workflow in IMPLEMENTATION has a prompt",
+                current_state=workflow.state,
+                allowed=available_transitions(workflow, workflow.member_role),
+            )
+        prompt = work_item_prompt_build(workflow=workflow, item=item)
+        return Response(GetAiPromptApi.GetAiPromptOutputSerializer(prompt.as_payload()).data)
 
 
 class RunOutputSerializer(serializers.Serializer):

@@ -15,11 +15,12 @@ from ai_orchestration.repository_context import repository_context_text
 from ai_orchestration.review_context import review_context_text
 from ai_orchestration.tokens import MESSAGE_OVERHEAD_TOKENS, tokens_estimate
 from workflows.errors import TransitionConflict
-from workflows.evidence import evidence_example_text
-from workflows.models import Handoff, Message, RoleContext, Workflow
+from workflows.evidence import evidence_example_text, evidence_summary
+from workflows.models import Handoff, Message, RoleContext, Workflow, WorkItem
 from workflows.models_catalog import model_resolve, model_settings_for
 from workflows.services import available_transitions
-from workflows.states import HandoffKind, Sender
+from workflows.states import HandoffKind, Sender, State
+from workflows.work_items import work_items_current
 
 DEFAULT_CONTEXT_TOKENS = 128_000
 
@@ -203,3 +204,88 @@ def _instruction(workflow: Workflow, handoffs: list[Handoff]) -> str:
         + evidence_example_text(workflow.state)
     )
     return "\n\n".join(parts)
+
+
+# --- one work item ------------------------------------------------------------------------
+
+
+def work_item_prompt_build(
+    *, workflow: Workflow, item: WorkItem, context_tokens: int | None = None
+) -> PromptRequest:
+    """The CODE_WRITER's chat request for one work item: the system prompt (with the
+    requirements), the plan, the item itself (with any feedback that sent it back) and
+    the files of the items it depends on, as many as the model's window holds (nearest
+    dependencies first; the rest are named, not shown)."""
+    role_context = RoleContext.objects.get(workflow=workflow, role=workflow.current_role)
+    model_settings = role_context.model_settings
+    max_tokens = model_settings.get("max_tokens", settings.TOPDOG_DEFAULT_MAX_TOKENS)
+    window = context_tokens or model_settings.get("context_tokens") or DEFAULT_CONTEXT_TOKENS
+    budget = window - max_tokens
+
+    items = list(work_items_current(workflow_id=workflow.id))
+    system = {"role": "system", "content": role_context.system_prompt}
+    plan = {"role": "user", "content": _plan_text(item, items)}
+    instruction = {"role": "user", "content": _item_instruction(item)}
+    used = _cost(system) + _cost(plan) + _cost(instruction)
+    dependencies, used, trimmed = _dependency_files(item, items, budget, used)
+    messages = [system, plan, *([dependencies] if dependencies else []), instruction]
+    return PromptRequest(
+        model=model_settings.get("model", workflow.model_name),
+        messages=messages,
+        temperature=model_settings.get("temperature", settings.TOPDOG_DEFAULT_TEMPERATURE),
+        max_tokens=max_tokens,
+        prompt_version=role_context.prompt_version,
+        estimated_input_tokens=used,
+        trimmed=trimmed,
+        feedback=item.feedback,
+    )
+
+
+def _plan_text(item: WorkItem, items: list[WorkItem]) -> str:
+    summary = evidence_summary(phase=State.PLANNING, result=item.plan.result)
+    lines = [f"The plan ({summary[:2000]}). Its work items:"]
+    for other in items:
+        after = f" after {', '.join(other.depends_on)}" if other.depends_on else ""
+        mark = "  <- yours" if other.pk == item.pk else ""
+        lines.append(f"- {other.key} {other.title}: {', '.join(other.files)}{after}{mark}")
+    return "\n".join(lines)
+
+
+def _item_instruction(item: WorkItem) -> str:
+    parts = [
+        f"Current phase: IMPLEMENTATION, work item {item.key}: {item.title}.",
+        item.description or "",
+        f"Write exactly these files and no others: {', '.join(item.files)}. Give each "
+        "file's full new content (or delete it).",
+    ]
+    if item.feedback:
+        parts.append(f"This item was sent back. Address every point:\n{item.feedback}")
+    parts.append(
+        "Answer with a single JSON object shaped like this example:\n"
+        + evidence_example_text(State.IMPLEMENTATION)
+    )
+    return "\n\n".join(part for part in parts if part)
+
+
+def _dependency_files(
+    item: WorkItem, items: list[WorkItem], budget: int, used: int
+) -> tuple[dict | None, int, bool]:
+    """The result files of the items `item` depends on that fit in the budget."""
+    by_key = {other.key: other for other in items}
+    sections, omitted = [], []
+    header = "Files the items this one depends on wrote (read them; do not rewrite them):"
+    used += tokens_estimate(header) + MESSAGE_OVERHEAD_TOKENS
+    for key in item.depends_on:
+        for change in by_key[key].result_files if key in by_key else []:
+            text = f"--- {change['path']} ({key})\n{change.get('content') or '(deleted)'}"
+            cost = tokens_estimate(text)
+            if used + cost > budget:
+                omitted.append(change["path"])
+                continue
+            sections.append(text)
+            used += cost
+    if omitted:
+        sections.append(f"(left out to fit the window: {', '.join(omitted)})")
+    if not sections:
+        return None, used, bool(omitted)
+    return {"role": "user", "content": "\n\n".join([header, *sections])}, used, bool(omitted)

@@ -24,6 +24,11 @@ urlpatterns = [
         name="workflow-run-cancel",
     ),
     path(
+        "workflows/<str:workflow_id>/work-items/<str:key>/prompt/",
+        api.WorkItemPromptApi.as_view(),
+        name="workflow-work-item-prompt",
+    ),
+    path(
         "workflows/<str:workflow_id>/usage/",
         api.WorkflowUsageApi.as_view(),
         name="workflow-usage",

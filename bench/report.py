@@ -15,6 +15,7 @@ def tables(results: dict) -> str:
         "prompt": prompt_table,
         "peers": peers_table,
         "sandbox": sandbox_table,
+        "graph": graph_table,
     }
     blocks = [makers[part](results[part]) for part in results["parts"]]
     verdicts = ", ".join(
@@ -297,6 +298,21 @@ def sandbox_table(results: dict) -> str:
     )
 
 
+def graph_table(results: dict) -> str:
+    """The graph part: wall times by concurrency, and the scheduling overhead."""
+    walls = results["wall_s"]
+    overhead = results["overhead_ms"]
+    return "\n".join(
+        [
+            f"graph: work items on db_worker processes, {results['call_delay_ms']} ms per call",
+            f"  8 independent items, concurrency 1: {', '.join(f'{v:.2f}' for v in walls['c1'])} s",
+            f"  8 independent items, concurrency 4: {', '.join(f'{v:.2f}' for v in walls['c4'])} s",
+            f"  dependency finished -> dependent started (2 workers): p50 {overhead['p50']} ms, "
+            f"p90 {overhead['p90']} ms, max {overhead['max']} ms ({overhead['samples']} samples)",
+        ]
+    )
+
+
 def ratio_lines(results: dict) -> str:
     """One `RATIO <name> <value> target <op> <limit> PASS|MISS` line per target."""
     lines = []
@@ -305,7 +321,9 @@ def ratio_lines(results: dict) -> str:
         value = t.get("value", t.get("p50_ratio"))
         op = t.get("op", "<=")
         limit = t.get("limit", t.get("limit_p50_ratio"))
-        shown = f"{limit:g}" if name.endswith("_ms") else f"{limit:.1f}"
+        # (a limit with two decimals, e.g. 0.35, is shown whole)
+        exact = name.endswith("_ms") or round(limit, 1) != limit
+        shown = f"{limit:g}" if exact else f"{limit:.1f}"
         line = f"RATIO {name} {value:.3f} target {op} {shown} {'PASS' if t['passed'] else 'MISS'}"
         if t.get("note"):
             line += f"  ({t['note']})"

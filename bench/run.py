@@ -1,11 +1,11 @@
 """One command: TopDog's latency benchmarks, each beside a floor measured in the same run.
 
-    python bench/run.py [--only api,ws,prompt,peers,sandbox] [--quick] [--redis [URL]]
+    python bench/run.py [--only api,ws,prompt,peers,sandbox,graph] [--quick] [--redis [URL]]
                         [--ws-in-memory] [--keep-db] [--strict]
 
 Creates a fresh database on the local PostgreSQL, migrates it and seeds the bench user
 (with an API token) and its projects through the real services, then runs the parts
-asked for (all five by default), in this order:
+asked for (all six by default), in this order:
 
 api: the IDE endpoints beside bare-view floors (`bench/floors.py`).
   1. Seeds PLANNING workflows to read and more to complete, then copies up to 1,000
@@ -27,6 +27,9 @@ peers: one workflow step of TopDog (`workflow_phase_complete`, channel layer on 
 sandbox: bubblewrap against a direct pytest run, the static checks of a 20-file change
   set, and a project's second sandboxed test run (warm mirror, cached /deps) against its
   first, through `check_run_execute` (`bench/sandbox.py`, `bench/static_checks.py`).
+graph: IMPLEMENTATION as work items on real db_worker processes, offline provider with
+  500 ms per call: eight independent items at concurrency 4 against 1, and the time from
+  a dependency finishing to its dependent starting with two workers (`bench/graph.py`).
 
 Prints one table per part, then one `RATIO <name> <value> target <op> <limit> PASS|MISS`
 line per target, writes bench/results/latest.json, stops daphne, drops the databases.
@@ -58,7 +61,7 @@ RESULTS = REPO / "bench" / "results"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
-PARTS = ("api", "ws", "prompt", "peers", "sandbox")
+PARTS = ("api", "ws", "prompt", "peers", "sandbox", "graph")
 
 FLOOR_SELECT = "floor: select"
 FLOOR_WRITE = "floor: lock+update+insert"
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     found = _bench_prompt(args, base)
                 elif part == "peers":
                     found = _bench_peers(args, dbs, base)
+                elif part == "graph":
+                    found = _bench_graph(args, base)
                 else:
                     found = _bench_sandbox(args, base)
             found["duration_s"] = round(time.monotonic() - started, 1)
@@ -570,6 +575,20 @@ def _bench_peers(args: argparse.Namespace, dbs: Databases, base: "Base") -> dict
     found = peers.run(config=config, base=base, langgraph_url=dbs.url(dbs.langgraph))
     found["environment"] = {"redis": redis_url, "sandbox": settings.TOPDOG_SANDBOX}
     return found
+
+
+def _bench_graph(args: argparse.Namespace, base: "Base") -> dict:
+    """The graph part: work items on db_worker processes (`bench/graph.py`)."""
+    from bench import graph
+
+    config = graph.GraphConfig.quick() if args.quick else graph.GraphConfig.full()
+    _log(
+        f"graph: {config.rounds} rounds of 8 items at concurrency 1 and 4 (4 workers), then "
+        f"{config.chains} plans of two 5-item chains on 2 workers; "
+        f"{graph.CALL_DELAY_MS} ms per model call"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return graph.run(config=config, user_id=base.user_id, logs=RESULTS)
 
 
 def _bench_sandbox(args: argparse.Namespace, base: "Base") -> dict:

@@ -382,6 +382,8 @@ TOPDOG_PROVIDERS = {
         "class": "ai_orchestration.providers.offline.OfflineProvider",
         "delay_ms": env_int("TOPDOG_OFFLINE_DELAY_MS", 0),
         "fail_first": env_bool("TOPDOG_OFFLINE_FAIL_FIRST", False),
+        # One pause per call (benchmarks of the work item graph), cancel-checked.
+        "call_delay_ms": env_int("TOPDOG_OFFLINE_CALL_DELAY_MS", 0),
     },
 }
 # One overall deadline per model call, across all its retries.
@@ -424,6 +426,10 @@ TOPDOG_PRICES = {
 TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = env_int("TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS", 5)
 TOPDOG_AUTOPILOT_LEASE_SECONDS = env_int("TOPDOG_AUTOPILOT_LEASE_SECONDS", 30)
 TOPDOG_AUTOPILOT_MAX_RECOVERIES = env_int("TOPDOG_AUTOPILOT_MAX_RECOVERIES", 3)
+# Work items: tries per item before it (and the run) fails, and the pause before the
+# second try (doubled for each further one).
+TOPDOG_WORK_ITEM_MAX_ATTEMPTS = env_int("TOPDOG_WORK_ITEM_MAX_ATTEMPTS", 3)
+TOPDOG_WORK_ITEM_BACKOFF_MS = env_int("TOPDOG_WORK_ITEM_BACKOFF_MS", 500)
 
 # --- Secrets at rest ------------------------------------------------------------------
 # Keys that encrypt stored secrets (project API keys, tokens). The first one encrypts;

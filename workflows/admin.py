@@ -39,6 +39,7 @@ from workflows.models import (
     Project,
     Workflow,
     WorkflowEvent,
+    WorkItem,
 )
 from workflows.selectors import workflow_testing_result, workflow_usage
 from workflows.services import (
@@ -236,6 +237,37 @@ class PhaseResultInline(_AuditInline):
         return obj.content_hash[:12]
 
 
+class WorkItemInline(_AuditInline):
+    model = WorkItem
+    ordering = ("plan_id", "depth", "key")
+    verbose_name_plural = "work items"
+    fields = readonly_fields = (
+        "key",
+        "title",
+        "status",
+        "superseded",
+        "depends_on",
+        "files",
+        "attempt",
+        "executions",
+        "error_text",
+        "result_sha256_short",
+        "input_tokens",
+        "output_tokens",
+        "worker_id",
+        "lease_expires_at",
+        "finished_at",
+    )
+
+    @admin.display(description="error")
+    def error_text(self, obj: WorkItem) -> str:
+        return _folded(obj.error)
+
+    @admin.display(description="result sha256")
+    def result_sha256_short(self, obj: WorkItem) -> str:
+        return obj.result_sha256[:12]
+
+
 class CheckRunInline(_AuditInline):
     model = CheckRun
     ordering = ("created_at", "id")
@@ -410,6 +442,7 @@ class WorkflowAdmin(NulSafeModelAdmin):
         WorkflowEventInline,
         MessageInline,
         PhaseResultInline,
+        WorkItemInline,
         CheckRunInline,
     )
     change_form_template = "admin/workflows/workflow/change_form.html"
@@ -809,6 +842,8 @@ class ProjectAdminForm(forms.ModelForm):
             "quality_threshold",
             "budget_usd",
             "role_models",
+            "max_work_items",
+            "work_item_concurrency",
             "git_remote_url",
             "test_command",
             "setup_command",

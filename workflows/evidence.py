@@ -111,6 +111,14 @@ class PlanningEvidence(serializers.Serializer):
             raise serializers.ValidationError(
                 "work item dependencies must form a DAG; cycle: " + " -> ".join(cycle)
             )
+        clash = shared_file_clash(value)
+        if clash:
+            path, first, second = clash
+            raise serializers.ValidationError(
+                f"work items {first!r} and {second!r} both write {path} but neither depends "
+                f"on the other: they could run at once; make one depend on the other or "
+                "give the file to one item"
+            )
         return value
 
 
@@ -538,6 +546,59 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
             found = visit(node)
             if found:
                 return found
+    return None
+
+
+def topological_order(graph: dict[str, list[str]]) -> list[str]:
+    """The nodes of the DAG `graph` (node -> dependencies), each after its dependencies;
+    ties in plan order (Kahn's algorithm)."""
+    waiting = {node: len(set(deps)) for node, deps in graph.items()}
+    dependents: dict[str, list[str]] = {node: [] for node in graph}
+    for node, deps in graph.items():
+        for dep in set(deps):
+            dependents[dep].append(node)
+    position = {node: n for n, node in enumerate(graph)}
+    ready = [node for node, count in waiting.items() if count == 0]
+    order: list[str] = []
+    while ready:
+        ready.sort(key=position.__getitem__, reverse=True)
+        node = ready.pop()
+        order.append(node)
+        for dependent in dependents[node]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                ready.append(dependent)
+    if len(order) != len(graph):
+        raise ValueError("the graph has a cycle")
+    return order
+
+
+def ancestors_of(graph: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Every node's transitive dependencies."""
+    found: dict[str, set[str]] = {}
+    for node in topological_order(graph):
+        found[node] = set()
+        for dep in graph[node]:
+            found[node] |= {dep, *found[dep]}
+    return found
+
+
+def dependents_closure(graph: dict[str, list[str]], nodes: set[str]) -> set[str]:
+    """`nodes` and every node that depends on one of them, directly or not."""
+    ancestors = ancestors_of(graph)
+    return {node for node in graph if node in nodes or ancestors[node] & nodes}
+
+
+def shared_file_clash(items: list[dict]) -> tuple[str, str, str] | None:
+    """A file two items write with no dependency path between them, as (path, a, b)."""
+    ancestors = ancestors_of({item["id"]: item["depends_on"] for item in items})
+    writers: dict[str, list[str]] = {}
+    for item in items:
+        for path in dict.fromkeys(item["files"]):
+            for other in writers.get(path, []):
+                if other not in ancestors[item["id"]] and item["id"] not in ancestors[other]:
+                    return path, other, item["id"]
+            writers.setdefault(path, []).append(item["id"])
     return None
 
 

@@ -100,6 +100,12 @@ class Project(models.Model):
         help_text='Non-secret variables for the sandbox, e.g. {"DJANGO_SETTINGS_MODULE": '
         '"app.settings"}. Names that look secret are refused.',
     )
+    max_work_items = models.PositiveSmallIntegerField(
+        default=50, help_text="A plan with more work items than this is refused at PLANNING."
+    )
+    work_item_concurrency = models.PositiveSmallIntegerField(
+        default=2, help_text="Work items the autopilot runs at once per workflow."
+    )
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
     )
@@ -724,3 +730,75 @@ class CheckRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+class WorkItem(models.Model):
+    """One item of a PLANNING result's plan, as IMPLEMENTATION works it.
+
+    A plan's items are written when PLANNING completes; a later plan supersedes them
+    (`superseded`), and the old rows stay for the audit. An item is `ready` once every
+    item it depends on is `done`. A running item is held by a worker's lease."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        READY = "ready"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    OPEN = (Status.PENDING, Status.READY, Status.RUNNING)
+
+    # No index of its own: work_item_current serves lookups by workflow.
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="work_items", db_index=False
+    )
+    plan = models.ForeignKey(
+        PhaseResult,
+        on_delete=models.CASCADE,
+        related_name="work_items",
+        help_text="The PLANNING attempt whose plan this item is part of.",
+    )
+    key = models.CharField(max_length=40)
+    title = models.CharField(max_length=300)
+    description = models.TextField(blank=True)
+    files = models.JSONField(default=list)
+    depends_on = models.JSONField(default=list)
+    depth = models.PositiveSmallIntegerField(default=0, help_text="Longest dependency chain.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    superseded = models.BooleanField(default=False)
+    attempt = models.PositiveSmallIntegerField(default=0, help_text="Tries of the current run.")
+    executions = models.PositiveIntegerField(
+        default=0, help_text="Times a worker started it (all rounds)."
+    )
+    feedback = models.TextField(blank=True, help_text="Why it is being redone.")
+    ai_response = models.TextField(blank=True, help_text="The answer that produced it.")
+    result_message = models.TextField(blank=True)
+    result_files = models.JSONField(default=list, blank=True)
+    result_sha256 = models.CharField(max_length=64, blank=True)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    usage_booked = models.BooleanField(
+        default=False, help_text="Its usage is on an IMPLEMENTATION message already."
+    )
+    error = models.TextField(blank=True)
+    worker_id = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["workflow", "depth", "key"]
+        indexes = [
+            models.Index(fields=["workflow", "superseded", "status"], name="work_item_current"),
+            models.Index(fields=["status", "lease_expires_at"], name="work_item_lease"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "key"], name="work_item_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.title} ({self.status})"

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 from django_fsm import ConcurrentTransition
 from rest_framework.exceptions import ValidationError
 
@@ -51,6 +52,7 @@ from workflows.models import (
     RoleContext,
     Workflow,
     WorkflowEvent,
+    WorkItem,
 )
 from workflows.models_catalog import UnknownModel, model_resolve, model_settings_for
 from workflows.prompts import (
@@ -66,11 +68,24 @@ from workflows.states import (
     EventType,
     HandoffKind,
     MemberRole,
+    Role,
     Sender,
     State,
     Transition,
 )
-from workflows.verification import evidence_verify, syntax_check_row
+from workflows.verification import evidence_verify, syntax_check_row, work_item_files_verify
+from workflows.work_items import (
+    named_paths,
+    plan_check,
+    work_items_cancel,
+    work_items_current,
+    work_items_from_plan,
+    work_items_merged,
+    work_items_promote,
+    work_items_reset,
+    work_items_settle,
+    work_items_unbooked_usage,
+)
 
 
 @dataclass(frozen=True)
@@ -583,6 +598,8 @@ def _phase_complete(
     )
     if phase == State.TESTING:
         workflow.tests_verified = evidence["verified"]
+    if phase == State.PLANNING:
+        plan_check(workflow=workflow, evidence=evidence)
     outcome = phase_outcome_decide(
         phase=phase,
         evidence=evidence,
@@ -605,6 +622,7 @@ def _phase_complete(
         content_hash=sha256_text(canonical_json(evidence)),
         created_by=actor.user,
     )
+    _work_items_follow(workflow, phase, phase_result, evidence, outcome)
     if change_set_checked is not None:
         syntax_check_row(
             workflow=workflow,
@@ -624,6 +642,25 @@ def _phase_complete(
         phase_result=phase_result,
     )
     return _Change([completed, moved], handoff, phase_result, messages=[message])
+
+
+def _work_items_follow(
+    workflow: Workflow,
+    phase: str,
+    phase_result: PhaseResult,
+    evidence: dict,
+    outcome: PhaseOutcome,
+) -> None:
+    """The work items follow the phase result, in its transaction: a plan's items become
+    the current ones; a change set settles them; findings sent back reset what they name."""
+    if phase == State.PLANNING:
+        work_items_from_plan(workflow=workflow, phase_result=phase_result, evidence=evidence)
+    elif phase == State.IMPLEMENTATION:
+        work_items_settle(workflow=workflow, evidence=evidence)
+    elif outcome.kind == OutcomeKind.REGRESS and outcome.target == State.IMPLEMENTATION:
+        work_items_reset(
+            workflow=workflow, paths=named_paths(evidence=evidence), feedback=outcome.feedback
+        )
 
 
 def _message_of(
@@ -708,6 +745,9 @@ def workflow_regress(
             regression_count=workflow.regression_count,
             regression_limit=workflow.regression_limit,
         )
+        if outcome.kind == OutcomeKind.REGRESS and outcome.target == State.IMPLEMENTATION:
+            # No file named: every item is redone.
+            work_items_reset(workflow=workflow, paths=set(), feedback=feedback or reason)
         handoff, event = _outcome_apply(workflow, actor, outcome, reason=reason)
         return _Change([event], handoff)
 
@@ -796,6 +836,7 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
             PhaseResult.objects.filter(
                 workflow=workflow, status=PhaseResult.Status.PENDING_APPROVAL
             ).update(status=PhaseResult.Status.WITHDRAWN)
+        work_items_cancel(workflow=workflow)
         if wanted == Transition.CANCEL:
             workflow.cancel(reason=reason)
             kind = HandoffKind.CANCEL
@@ -808,3 +849,200 @@ def _terminate(workflow_id: Any, actor: Actor, wanted: str, reason: str) -> Tran
         return _Change([event], handoff)
 
     return _transition_run(workflow_id=workflow_id, actor=actor, wanted=wanted, apply=apply)
+
+
+# --- work items ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItemCompleted:
+    item: WorkItem
+    promoted: list[str]
+    # The phase's transition, when this was the last item (None otherwise).
+    phase: TransitionOutcome | None = None
+
+
+def _item_event(workflow: Workflow, actor: Actor, type_: str, item: WorkItem, **data) -> None:
+    """Record a work item's event under the workflow's lock (broadcast after commit)."""
+    payload = {"key": item.key, "item_id": item.pk, "status": item.status, **data}
+    event = _event(workflow, actor, type_, payload)
+    _write(workflow, _Change([event]), locked_state=workflow.state)
+
+
+def _item_locked(workflow: Workflow, member_role: str | None, key: str) -> WorkItem:
+    """The current plan's item `key` of a workflow in IMPLEMENTATION, locked."""
+    transition_check(workflow, member_role, Transition.COMPLETE)
+    if workflow.state != State.IMPLEMENTATION:
+        raise TransitionConflict(
+            f"workflow is in {workflow.state}; work items are worked in IMPLEMENTATION",
+            current_state=workflow.state,
+            allowed=available_transitions(workflow, member_role),
+        )
+    item = work_items_current(workflow_id=workflow.id).filter(key=key).select_for_update().first()
+    if item is None:
+        raise WorkflowNotFound(f"work item {key!r} is not in the workflow's current plan")
+    return item
+
+
+def work_item_start(*, workflow_id: Any, item_id: Any, worker_id: str, actor: Actor) -> bool:
+    """A worker takes a claimed item; its `work_item.started` event. False: not theirs."""
+    from_claim = WorkItem.Status.RUNNING
+    with transaction.atomic():
+        workflow, _ = workflow_lock(workflow_id=workflow_id, actor=actor)
+        item = (
+            WorkItem.objects.select_for_update()
+            .filter(pk=item_id, status=from_claim, worker_id="", superseded=False)
+            .first()
+        )
+        if item is None or workflow.state != State.IMPLEMENTATION:
+            return False
+        now = timezone.now()
+        item.worker_id = worker_id
+        item.started_at = item.heartbeat_at = now
+        item.attempt += 1
+        item.executions += 1
+        item.save()
+        _item_event(
+            workflow,
+            actor,
+            EventType.WORK_ITEM_STARTED,
+            item,
+            attempt=item.attempt,
+            worker=worker_id,
+        )
+    return True
+
+
+def work_item_complete(
+    *,
+    workflow_id: Any,
+    key: str,
+    ai_response: str,
+    files: Any,
+    actor: Actor,
+    usage: CallUsage | None = None,
+    message: str = "",
+    worker_id: str | None = None,
+) -> WorkItemCompleted:
+    """Store an item's files (a change set within its declared files that passes the
+    static checks) and mark it done; its dependents whose dependencies are all done
+    become ready. The last item completes IMPLEMENTATION with the merged change set, in
+    the same transaction, through `workflow_phase_complete`.
+
+    A worker (`worker_id`) completes only the item it holds; anyone else (the IDE) a
+    ready or running one."""
+    usage = usage or CallUsage()
+    with transaction.atomic():
+        workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
+        item = _item_locked(workflow, member_role, key)
+        holder_ok = item.worker_id == worker_id if worker_id is not None else True
+        if item.status not in (WorkItem.Status.READY, WorkItem.Status.RUNNING) or not holder_ok:
+            raise TransitionConflict(
+                f"work item {key} is {item.status}"
+                + (f" (held by {item.worker_id or 'nobody'})" if worker_id is not None else "")
+                + "; only a ready or running item can be completed",
+                current_state=workflow.state,
+                allowed=available_transitions(workflow, member_role),
+            )
+        changes = work_item_files_verify(files=files, allowed=item.files)
+        item.status = WorkItem.Status.DONE
+        item.result_files = changes
+        item.result_sha256 = sha256_text(canonical_json(changes))
+        item.result_message = (message or item.title)[:5000]
+        item.ai_response = ai_response
+        item.error = ""
+        item.worker_id = ""
+        item.lease_expires_at = None
+        item.finished_at = timezone.now()
+        item.input_tokens += usage.input_tokens
+        item.output_tokens += usage.output_tokens
+        item.cost_usd += usage.cost_usd
+        item.save()
+        promoted = work_items_promote(workflow_id=workflow.id)
+        _item_event(
+            workflow,
+            actor,
+            EventType.WORK_ITEM_FINISHED,
+            item,
+            sha256=item.result_sha256,
+            files=[change["path"] for change in changes],
+            ready=promoted,
+        )
+        phase = None
+        if (
+            not work_items_current(workflow_id=workflow.id)
+            .exclude(status=WorkItem.Status.DONE)
+            .exists()
+        ):
+            phase = _items_phase_complete(workflow, actor)
+    return WorkItemCompleted(item, promoted, phase)
+
+
+def _items_phase_complete(workflow: Workflow, actor: Actor) -> TransitionOutcome:
+    """IMPLEMENTATION completed by its items' merged change set, as complete-phase would;
+    the items' usage not yet booked goes on its message."""
+    booked = work_items_unbooked_usage(workflow_id=workflow.id)
+    model_name = workflow.project.model_for(Role.CODE_WRITER, workflow.model_name)
+    catalog = settings.TOPDOG_MODELS.get(model_name, {})
+    called = booked["input_tokens"] + booked["output_tokens"] > 0
+    merged = work_items_merged(workflow=workflow)
+    return workflow_phase_complete(
+        workflow_id=workflow.id,
+        ai_response=f"{merged['commit_message']}\n\n{merged['notes']}",
+        result=merged,
+        actor=actor,
+        expected_state=State.IMPLEMENTATION,
+        usage=CallUsage(
+            provider=catalog.get("provider", "") if called else "",
+            model=catalog.get("model", "") if called else "",
+            input_tokens=booked["input_tokens"],
+            output_tokens=booked["output_tokens"],
+            cost_usd=booked["cost_usd"],
+        ),
+    )
+
+
+def work_item_fail(
+    *,
+    workflow_id: Any,
+    item_id: Any,
+    worker_id: str,
+    error: str,
+    actor: Actor,
+    usage: CallUsage | None = None,
+    final: bool,
+) -> bool:
+    """An attempt at the item failed: its `work_item.failed` event; the worker tries again
+    (the item stays its own) unless `final`, which fails the item. False: not theirs."""
+    usage = usage or CallUsage()
+    with transaction.atomic():
+        workflow, _ = workflow_lock(workflow_id=workflow_id, actor=actor)
+        item = (
+            WorkItem.objects.select_for_update()
+            .filter(pk=item_id, status=WorkItem.Status.RUNNING, worker_id=worker_id)
+            .first()
+        )
+        if item is None:
+            return False
+        item.error = error[:10_000]
+        item.input_tokens += usage.input_tokens
+        item.output_tokens += usage.output_tokens
+        item.cost_usd += usage.cost_usd
+        if final:
+            item.status = WorkItem.Status.FAILED
+            item.worker_id = ""
+            item.lease_expires_at = None
+            item.finished_at = timezone.now()
+        else:
+            item.attempt += 1
+        item.save()
+        _item_event(
+            workflow,
+            actor,
+            EventType.WORK_ITEM_FAILED,
+            item,
+            attempt=item.attempt - (0 if final else 1),
+            error=error[:2000],
+            final=final,
+        )
+    return True

@@ -116,6 +116,9 @@ class EventType(models.TextChoices):
     RELEASE_FAILED = "release.failed"
     CHECK_STARTED = "check.started"
     CHECK_FINISHED = "check.finished"
+    WORK_ITEM_STARTED = "work_item.started"
+    WORK_ITEM_FINISHED = "work_item.finished"
+    WORK_ITEM_FAILED = "work_item.failed"
 
 
 class Sender(models.TextChoices):

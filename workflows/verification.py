@@ -11,11 +11,14 @@ result leaves the workflow where it was.
 """
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from django.conf import settings
+from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 from integrations.change_set import UnsafeChangeSet, change_set_normalize, repo_path_check
@@ -31,6 +34,7 @@ from integrations.workspace import (
     change_set_apply_check,
 )
 from workflows.errors import RepositoryUnavailable, TransitionConflict
+from workflows.evidence import FileChangeSerializer
 from workflows.models import CheckRun, PhaseResult, Project, Workflow
 from workflows.states import State
 
@@ -160,6 +164,37 @@ def change_set_verify(*, workflow: Workflow, evidence: dict) -> ChangeSetVerdict
             {"phase_result": {"files": [f"the change set does not check: {p}" for p in problems]}}
         )
     return ChangeSetVerdict(report=report, base_checked=base_checked)
+
+
+class _ItemFiles(serializers.Serializer):
+    files = FileChangeSerializer(many=True, allow_empty=False)
+
+
+def work_item_files_verify(*, files: Any, allowed: list[str]) -> list[dict]:
+    """A work item's files, validated like a change set and restricted to the item's
+    declared `allowed` files, each parsing (the static checks); a 400 naming each
+    problem otherwise."""
+    serializer = _ItemFiles(data={"files": files})
+    serializer.is_valid(raise_exception=True)
+    changes = json.loads(json.dumps(serializer.validated_data["files"]))
+    paths = [change["path"] for change in changes]
+    problems = [
+        f"duplicate file path {p}" for p in sorted({p for p in paths if paths.count(p) > 1})
+    ]
+    problems += [
+        f"{p} is not one of the work item's files ({', '.join(allowed)})"
+        for p in paths
+        if p not in allowed
+    ]
+    if not problems:
+        report = static_checks_run(changes)
+        problems = [
+            f"{p.path}:{p.line}: {p.message}" if p.line else f"{p.path}: {p.message}"
+            for p in report.problems
+        ]
+    if problems:
+        raise ValidationError({"files": problems})
+    return changes
 
 
 def syntax_check_row(

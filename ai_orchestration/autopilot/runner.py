@@ -11,7 +11,6 @@ phase twice.
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -27,7 +26,9 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from ai_orchestration.accounting import budget_stop_reason, calls_usage
+from ai_orchestration.autopilot.answers import parse_json as _parse_json
 from ai_orchestration.autopilot.frames import DeltaBroadcaster, run_frame_send
+from ai_orchestration.autopilot.items import work_items_step
 from ai_orchestration.autopilot.services import run_finish, run_finish_by_id
 from ai_orchestration.context import PromptRequest, prompt_request_build
 from ai_orchestration.models import AIRun
@@ -50,6 +51,7 @@ from workflows.release import ReleaseFailed, release_make
 from workflows.services import Actor, CallUsage, workflow_phase_complete
 from workflows.states import State
 from workflows.verification import change_set_verify, testing_evidence_from_run
+from workflows.work_items import work_items_current, work_items_revive
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,8 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
         _wait_at_gate(run, workflow)
         return False
     phase, role = workflow.state, workflow.current_role
+    if phase == State.IMPLEMENTATION and work_items_current(workflow_id=workflow.id).exists():
+        return _work_items_phase(run, heartbeat, hooks.on_progress)
     should_cancel = _CancelCheck(run.id, heartbeat)
     check = None
     if phase == State.TESTING:
@@ -184,6 +188,21 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
     run, new_state = submitted
     if new_state is not None and hooks.on_progress is not None:
         hooks.on_progress(StepProgress(run, phase, new_state, deltas.total_chars))
+    return _continue_or_stop(run)
+
+
+def _work_items_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
+    """IMPLEMENTATION item by item (items.py); the run goes on once the phase is done."""
+    work_items_revive(workflow_id=run.workflow_id)
+    if work_items_step(run, heartbeat.worker_id, on_progress) != "moved":
+        return False
+    with transaction.atomic():
+        run = AIRun.objects.select_for_update().get(pk=run.id)
+        run.phases_completed += 1
+        run.phase = Workflow.objects.values_list("state", flat=True).get(pk=run.workflow_id)
+        run.save(update_fields=["phases_completed", "phase"])
+    if on_progress is not None:
+        on_progress(StepProgress(run, State.IMPLEMENTATION, run.phase, 0))
     return _continue_or_stop(run)
 
 
@@ -410,22 +429,6 @@ def _request_again(request: ChatRequest, completion: Completion, problems: str) 
         json_schema=request.json_schema,
         metadata=request.metadata,
     )
-
-
-def _parse_json(text: str) -> Any:
-    """The JSON object in a model's answer (bare, or inside a ``` fence)."""
-    fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.DOTALL)
-    candidate = fenced.group(1) if fenced else text.strip()
-    try:
-        return json.loads(candidate)
-    except json.JSONDecodeError:
-        start, end = candidate.find("{"), candidate.rfind("}")
-        if start != -1 and end > start:
-            try:
-                return json.loads(candidate[start : end + 1])
-            except json.JSONDecodeError:
-                pass
-        raise ValidationError({"phase_result": ["the answer is not a JSON object"]}) from None
 
 
 def _add_usage(run: AIRun, calls: list[Completion], usage: CallUsage) -> None:

@@ -21,15 +21,20 @@ from ai_orchestration.models import AIRun
 from workflows.check_runs import check_runs_reap
 from workflows.errors import ActionForbidden, TransitionConflict
 from workflows.listeners import TransitionCommitted
+from workflows.models import Workflow
 from workflows.models_catalog import UnknownModel, model_resolve
 from workflows.services import Actor, transition_check, workflow_lock
-from workflows.states import MemberRole, Transition
+from workflows.states import MemberRole, State, Transition
+from workflows.work_items import work_items_claim, work_items_reap
 
 logger = logging.getLogger(__name__)
 
 # The task that works a run (tasks.py). It calls the reaper, and the reaper queues it, so
 # it is looked up by its dotted path when a run is queued, as the task worker does.
 RUN_TASK_PATH = "ai_orchestration.autopilot.tasks.autopilot_run_task"
+ITEM_TASK_PATH = "ai_orchestration.autopilot.tasks.work_item_run_task"
+# A run's stop reason while other workers hold its workflow's work items.
+WAITING_FOR_ITEMS = "working on work items"
 
 
 class RunConflict(TransitionConflict):
@@ -125,6 +130,55 @@ def autopilot_transition_follow(fact: TransitionCommitted) -> None:
         autopilot_resume_after_approval(workflow_id=fact.workflow_id)
     elif fact.kind in (Transition.CANCEL, Transition.FAIL):
         autopilot_stop_for_workflow(workflow_id=fact.workflow_id)
+    elif fact.kind == Transition.COMPLETE and fact.from_state == State.IMPLEMENTATION:
+        autopilot_resume_after_items(workflow_id=fact.workflow_id, new_state=fact.to_state)
+
+
+def autopilot_resume_after_items(*, workflow_id: Any, new_state: str) -> None:
+    """IMPLEMENTATION was completed (its last work item, or complete-phase): the run that
+    waited for the items goes on with the next phase."""
+    with transaction.atomic():
+        run = (
+            AIRun.objects.select_for_update()
+            .filter(
+                workflow_id=workflow_id,
+                status=AIRun.Status.WAITING,
+                stop_reason=WAITING_FOR_ITEMS,
+            )
+            .first()
+        )
+        if run is None:
+            return
+        run.status = AIRun.Status.QUEUED
+        run.stop_reason = ""
+        run.phase = new_state
+        run.phases_completed += 1
+        run.save(update_fields=["status", "stop_reason", "phase", "phases_completed"])
+        run_enqueue_after_commit(run.id)
+        run_frame_send(run)
+
+
+def work_items_dispatch(*, run_id: Any, workflow_id: Any) -> list[int]:
+    """Claim the ready items the project's concurrency allows; queue a task for each."""
+    limit = (
+        Workflow.objects.filter(pk=workflow_id)
+        .values_list("project__work_item_concurrency", flat=True)
+        .first()
+    )
+    if not limit:
+        return []
+    ids = work_items_claim(
+        workflow_id=workflow_id,
+        limit=limit,
+        lease_seconds=settings.TOPDOG_AUTOPILOT_LEASE_SECONDS,
+    )
+    for item_id in ids:
+        transaction.on_commit(partial(_item_enqueue, str(run_id), item_id))
+    return ids
+
+
+def _item_enqueue(run_id: str, item_id: int) -> None:
+    import_string(ITEM_TASK_PATH).enqueue(run_id, item_id)
 
 
 def autopilot_reap(*, now: Any = None) -> list[Any]:
@@ -132,12 +186,24 @@ def autopilot_reap(*, now: Any = None) -> list[Any]:
     Check runs whose worker died are ended too: this is the one reaper."""
     now = now or timezone.now()
     check_runs_reap(now=now)
+    _work_items_reap(now)
     expired = AIRun.objects.filter(status=AIRun.Status.RUNNING, lease_expires_at__lt=now)
     return [
         run_id
         for run_id in expired.values_list("id", flat=True)
         if _run_reap(run_id=run_id, now=now)
     ]
+
+
+def _work_items_reap(now: Any) -> None:
+    """Items whose worker died are ready again, and dispatched if a run is on them."""
+    for workflow_id in work_items_reap(
+        now=now, max_recoveries=settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES
+    ):
+        run = run_active_for_workflow(workflow_id=workflow_id)
+        if run is not None:
+            logger.warning("work items of workflow %s lost their worker; re-queueing", workflow_id)
+            work_items_dispatch(run_id=run.id, workflow_id=workflow_id)
 
 
 def _run_reap(*, run_id: Any, now: Any) -> bool:

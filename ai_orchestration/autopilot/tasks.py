@@ -7,8 +7,10 @@ this task under that name, so they still run.
 
 from django_tasks import task
 
+from ai_orchestration.autopilot.items import work_items_work
 from ai_orchestration.autopilot.runner import autopilot_step, worker_identity
 from ai_orchestration.autopilot.services import autopilot_reap
+from workflows.models import WorkItem
 
 
 @task()
@@ -17,3 +19,14 @@ def autopilot_run_task(run_id: str) -> None:
     autopilot_reap()
     if autopilot_step(run_id=run_id, worker_id=worker_identity()):
         autopilot_run_task.enqueue(run_id)
+
+
+@task()
+def work_item_run_task(run_id: str, item_id: int) -> None:
+    """Work one work item of a run, then whatever else is ready for it (items.py)."""
+    autopilot_reap()
+    workflow_id = WorkItem.objects.filter(pk=item_id).values_list("workflow_id", flat=True).first()
+    if workflow_id is not None:
+        work_items_work(
+            run_id=run_id, workflow_id=workflow_id, worker_id=worker_identity(), first=item_id
+        )

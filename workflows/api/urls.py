@@ -1,6 +1,6 @@
 from django.urls import path
 
-from workflows.api import checks, health, ide, resources
+from workflows.api import checks, health, ide, resources, work_items
 
 
 def ide_paths(route: str, view: object, name: str) -> list:
@@ -75,6 +75,16 @@ urlpatterns = [
         "workflows/<str:workflow_id>/patch/",
         resources.WorkflowPatchApi.as_view(),
         name="workflow-patch",
+    ),
+    path(
+        "workflows/<str:workflow_id>/work-items/",
+        work_items.WorkItemListApi.as_view(),
+        name="workflow-work-items",
+    ),
+    path(
+        "workflows/<str:workflow_id>/work-items/<str:key>/complete/",
+        work_items.WorkItemCompleteApi.as_view(),
+        name="workflow-work-item-complete",
     ),
     path(
         "workflows/<str:workflow_id>/checks/",

@@ -37,6 +37,7 @@ from workflows.states import (
 )
 from workflows.verification import tests_verification_note
 from workflows.web.selectors import WorkflowRecord, workflow_record_get
+from workflows.work_items import work_items_current
 
 DONE_COLUMN = "DONE"
 WORKFLOW_ID_PLACEHOLDER = "__id__"
@@ -172,6 +173,7 @@ def _workflow_page(record: WorkflowRecord) -> dict:
         "tests_note": tests_verification_note(_latest_result(record, State.TESTING)),
         "last_seq": workflow.last_event_seq,
         "board_url": reverse("dashboard:board"),
+        "work_item_graph": work_item_graph(workflow),
     }
 
 
@@ -189,6 +191,16 @@ def _controls(workflow: Workflow) -> dict:
         "can_reject": Transition.REJECT in transitions,
         "api_url": reverse("api:workflow-detail", args=[workflow.id]),
     }
+
+
+def work_item_graph(workflow) -> dict:
+    """The current plan's items in columns by dependency depth (one query)."""
+    items = list(work_items_current(workflow_id=workflow.id))
+    columns: list[list] = [[] for _ in range(1 + max((i.depth for i in items), default=-1))]
+    for item in items:
+        columns[item.depth].append(item)
+    done = sum(item.status == "done" for item in items)
+    return {"columns": columns, "summary": f"{done} of {len(items)} done" if items else ""}
 
 
 def _latest_result(record: WorkflowRecord, phase: str) -> dict | None:

@@ -27,6 +27,14 @@ def openai_at_fake(settings, fake_openai):
     return fake_openai
 
 
+def item_answer(path: str, message: str = "feat: the item") -> dict:
+    """A work item's answer: its one file."""
+    return {
+        "commit_message": message,
+        "files": [{"path": path, "action": "create", "content": '"""Done."""\n'}],
+    }
+
+
 def _run(workflow, user, scope="workflow") -> AIRun:
     run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user), scope=scope)
     steps = 0
@@ -59,9 +67,13 @@ def test_failed_test_report_loops_back_with_findings_then_completes(openai_at_fa
     openai_at_fake.script(
         ok(json=evidence("DISCOVERY")),
         ok(json=evidence("PLANNING")),
-        ok(json=evidence("IMPLEMENTATION")),
+        # the plan's two items (W1 src/app.py, then W2 tests/test_app.py), one call each
+        ok(json=item_answer("src/app.py")),
+        ok(json=item_answer("tests/test_app.py")),
         ok(json=failing),
-        ok(json=evidence("IMPLEMENTATION", commit_message="fix: test the toggle")),
+        # the finding names no file: both items are redone
+        ok(json=item_answer("src/app.py", "fix: test the toggle")),
+        ok(json=item_answer("tests/test_app.py", "fix: test the toggle")),
         ok(json=evidence("TESTING")),
         ok(json=evidence("VERIFICATION")),
         ok(json=evidence("DEPLOYMENT")),
@@ -77,11 +89,11 @@ def test_failed_test_report_loops_back_with_findings_then_completes(openai_at_fa
     assert workflow.regression_count == 1
     regression = Handoff.objects.get(workflow=workflow, kind="regression")
     assert (regression.from_state, regression.to_state) == ("TESTING", "IMPLEMENTATION")
-    second_code_writer_call = openai_at_fake.requests[4].json
-    prompt_text = json.dumps(second_code_writer_call["messages"])
+    second_round_first_item = openai_at_fake.requests[5].json
+    prompt_text = json.dumps(second_round_first_item["messages"])
     assert "FINDING-42" in prompt_text
     assert run.phases_completed == 8
-    assert run.attempts == 8
+    assert run.attempts == 10
     assert workflow.input_tokens > 0 and workflow.output_tokens > 0
     assert openai_at_fake.requests[0].header("authorization") == f"Bearer {API_KEY}"
 

@@ -9,7 +9,7 @@ from ai_orchestration.context import prompt_request_build
 from ai_orchestration.models import AIRun
 from tests.factories import workflow_for
 from workflows.check_runs import check_run_for_testing
-from workflows.models import CheckRun, Handoff, PhaseResult
+from workflows.models import CheckRun, Handoff, PhaseResult, WorkItem
 from workflows.services import Actor
 
 pytestmark = pytest.mark.django_db
@@ -52,8 +52,9 @@ def test_red_run_regresses_with_the_real_failure_and_the_next_attempt_is_green(
     # and both change sets were really tested: the first red, the second green
     tests = list(CheckRun.objects.filter(workflow=workflow, kind="test").order_by("created_at"))
     assert [(t.attempt, t.status) for t in tests] == [(1, "failed"), (2, "passed")]
-    assert (tests[0].tests_run, tests[0].tests_failed) == (2, 2)
-    assert (tests[1].tests_run, tests[1].tests_failed) == (2, 0)
+    # (the offline plan's two chains: the switch with two tests, the description with one)
+    assert (tests[0].tests_run, tests[0].tests_failed) == (3, 2)
+    assert (tests[1].tests_run, tests[1].tests_failed) == (3, 0)
     assert all(t.isolated and t.backend == "bubblewrap" for t in tests)
 
     # and the reports carry the measurement, the regression the real failure
@@ -66,6 +67,10 @@ def test_red_run_regresses_with_the_real_failure_and_the_next_attempt_is_green(
     failing_test = tests[0].failures[0]["name"]
     assert failing_test in regression.feedback
     assert str(tests[0].id) == reports[0]["check_run_id"]
+
+    # and only the switch's chain was redone: the description's items kept their results
+    items = {item.key: item.executions for item in WorkItem.objects.filter(workflow=workflow)}
+    assert items == {"W1": 2, "W2": 2, "W3": 1, "W4": 1}
 
 
 def test_the_auditor_prompt_shows_the_diff_and_the_run(

@@ -19,6 +19,7 @@ from workflows.models import (
     PhaseResult,
     PromptTemplate,
     WorkflowEvent,
+    WorkItem,
 )
 from workflows.services import Actor, workflow_phase_complete
 from workflows.states import HandoffKind, MemberRole, Role, State
@@ -113,15 +114,17 @@ def test_change_page_shows_the_trail_inlines_in_order(admin_client, workflow, us
         WorkflowEvent,
         Message,
         PhaseResult,
+        WorkItem,
         CheckRun,
     ]
-    handoffs, events, messages_, results, checks = (
+    handoffs, events, messages_, results, items, checks = (
         [form.instance for form in inline.formset.forms] for inline in inlines
     )
     assert [h.event_seq for h in handoffs] == [3, 5]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert [m.seq for m in messages_] == [1, 2]
     assert [r.phase for r in results] == [State.DISCOVERY, State.PLANNING]
+    assert [i.key for i in items] == ["W1", "W2"]  # the plan's work items
     assert checks == []  # nothing was built yet, so nothing was checked
     assert all(
         not inline.has_add_permission
@@ -656,6 +659,8 @@ def test_project_admin_saves_gates_and_members(admin_client, user):
             "regression_limit": "2",
             "quality_threshold": "0.5",
             "role_models": "{}",
+            "max_work_items": "20",
+            "work_item_concurrency": "3",
             "openai_api_key": "sk-admin-typed-key-123",
             "memberships-TOTAL_FORMS": "1",
             "memberships-INITIAL_FORMS": "0",
@@ -671,6 +676,7 @@ def test_project_admin_saves_gates_and_members(admin_client, user):
     assert project.approval_gates == [State.DISCOVERY, State.VERIFICATION]
     assert project.regression_limit == 2
     assert project.quality_threshold == 0.5
+    assert (project.max_work_items, project.work_item_concurrency) == (20, 3)
     assert project.openai_api_key == "sk-admin-typed-key-123"
     assert list(project.memberships.values_list("user__username", "role")) == [
         ("alice", MemberRole.VIEWER)

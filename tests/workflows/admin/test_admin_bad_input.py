@@ -69,6 +69,8 @@ def _project_form(**secrets):
         "regression_limit": "2",
         "quality_threshold": "0.5",
         "role_models": "{}",
+        "max_work_items": "50",
+        "work_item_concurrency": "2",
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
         "memberships-MIN_NUM_FORMS": "0",

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from ai_orchestration.models import AIRun
 from tests.factories import MembershipFactory, UserFactory, api_token_for, evidence, workflow_for
-from workflows.models import CheckRun, Message, PhaseResult
+from workflows.models import CheckRun, Message, PhaseResult, WorkItem
 from workflows.services import Actor, workflow_phase_complete
 from workflows.states import MemberRole, State
 
@@ -128,6 +128,11 @@ RULES = {
     "api/workflows/{workflow_id}/runs/{run_id}/cancel/": {"POST": [("", None, ACT)]},
     "api/workflows/{workflow_id}/usage/": {"GET": [("", None, READ)]},
     "api/workflows/{workflow_id}/release/": {"POST": [("", None, ACT)]},
+    "api/workflows/{workflow_id}/work-items/": {"GET": [("", None, READ)]},
+    "api/workflows/{workflow_id}/work-items/{key}/prompt/": {"POST": [("", None, READ)]},
+    "api/workflows/{workflow_id}/work-items/{key}/complete/": {
+        "POST": [("", {"files": [{"path": "src/app.py", "action": "delete"}]}, ACT)]
+    },
     "api/workflows/{workflow_id}/patch/": {"GET": [("", None, READ)]},
     "api/workflows/{workflow_id}/checks/": {
         "GET": [("", None, READ)],
@@ -251,6 +256,10 @@ class World:
         # The owner's autopilot run, and a check run someone asked for.
         self.run = AIRun.objects.create(workflow=self.workflow, created_by=owner)
         self.check = CheckRun.objects.create(workflow=self.workflow, attempt=1, kind="test")
+        # A work item (of a plan the workflow has not reached: asking about it is a 409).
+        WorkItem.objects.create(
+            workflow=self.workflow, plan=self.result, key="W1", title="x", files=["src/app.py"]
+        )
 
     def path(self, route: str) -> str:
         values = {
@@ -260,6 +269,7 @@ class World:
             "check_id": self.check.id,
             "result_id": self.result.pk,
             "seq": 1000,
+            "key": "W1",
         }
         for name in _PARAMETER.findall(route.replace("{", "<").replace("}", ">")):
             assert name in values, f"no fixture value for the URL parameter {{{name}}} in {route}"

@@ -106,8 +106,8 @@ def test_plan_that_is_a_diamond_is_valid():
         S.PLANNING,
         work_items=[
             work_item("A", []),
-            work_item("B", ["A"]),
-            work_item("C", ["A"]),
+            work_item("B", ["A"], ["src/b.py"]),
+            work_item("C", ["A"], ["src/c.py"]),
             work_item("D", ["B", "C"]),
         ],
     )
