@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0008_prompttemplate_from_ai_orchestration'),
+        ('workflows', '0009_model_names'),
     ]
 
     operations = [
