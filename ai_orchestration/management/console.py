@@ -265,6 +265,12 @@ class HumanPrinter(Printer):
         self.line(f"  {SPINNER[self.spin]} {what} · {now - self.stream_started:.0f} s · {detail}")
 
 
+WORK_ITEM_EVENTS = (
+    EventType.WORK_ITEM_STARTED,
+    EventType.WORK_ITEM_FINISHED,
+    EventType.WORK_ITEM_FAILED,
+)
+
 TONES = {
     "good": (GREEN,),
     "bad": (BOLD, RED),
@@ -304,7 +310,18 @@ def describe_event(frame: dict) -> tuple[str, str] | None:
         return _describe_check(seq, data)
     if kind == EventType.RELEASE_FAILED:
         return f"{seq} ✗ release failed: {data.get('error')}", "bad"
+    if kind in WORK_ITEM_EVENTS:
+        return _describe_work_item(seq, kind, data)
     return None
+
+
+def _describe_work_item(seq: str, kind: str, data: dict) -> tuple[str, str]:
+    key, title = data.get("key"), data.get("title") or ""
+    if kind == EventType.WORK_ITEM_STARTED:
+        return f"{seq} ▸ IMPLEMENTATION · work item {key} {title}".rstrip(), "info"
+    if kind == EventType.WORK_ITEM_FINISHED:
+        return f"{seq} ✓ work item {key} done · {', '.join(data.get('files') or [])}", "good"
+    return f"{seq} ✗ work item {key} failed: {data.get('error') or data.get('reason')}", "bad"
 
 
 def _describe_transition(seq: str, data: dict) -> tuple[str, str]:

@@ -50,6 +50,8 @@ def test_a_workflow_runs_to_complete_with_progress_lines_and_exit_0(project, use
     for phase in ("DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION"):
         assert f"▸ {phase} · " in out
         assert f"✓ {phase} evidence accepted" in out
+    # IMPLEMENTATION runs the plan's work items, each shown as it starts and finishes
+    assert "▸ IMPLEMENTATION · work item W1" in out and "✓ work item W1 done" in out
     assert "→ handoff PLANNING → IMPLEMENTATION · Q Assistant → Code Writer" in out
     assert "✓ autopilot run completed (6 phases)" in out
     assert "COMPLETE  run completed" in out and "exit 0" in out

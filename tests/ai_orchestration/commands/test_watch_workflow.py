@@ -48,7 +48,9 @@ def test_a_finished_workflow_prints_its_events_and_exits_0(project, user, settin
 
     assert code == 0
     assert out.startswith("#1   opened in DISCOVERY")
-    assert "#13  → handoff DEPLOYMENT → COMPLETE" in out
+    # the plan's four work items add two events each to IMPLEMENTATION
+    assert "#21  → handoff DEPLOYMENT → COMPLETE" in out
+    assert out.count("✓ work item") == 4
     assert "✓ autopilot run completed (6 phases)" in out
     assert out.rstrip().endswith("COMPLETE  exit 0")
 
