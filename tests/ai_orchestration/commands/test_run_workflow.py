@@ -160,10 +160,9 @@ def test_json_shows_the_sandboxed_checks_and_the_regression_as_they_happen(
     checks = [
         f["data"] for f in lines if f["type"] == "check.finished" and f["data"]["kind"] == "test"
     ]
-    assert [(c["status"], c["tests_run"], c["tests_failed"]) for c in checks] == [
-        ("failed", 2, 2),
-        ("passed", 2, 0),
-    ]
+    assert [c["status"] for c in checks] == ["failed", "passed"]
+    assert checks[0]["tests_failed"] >= 1 and checks[1]["tests_failed"] == 0
+    assert checks[0]["tests_run"] == checks[1]["tests_run"] >= 2
     assert any(f["type"] == "check.output" and f["lines"] for f in lines)
     order = [
         (f["type"], (f.get("data") or {}).get("kind"))
