@@ -210,7 +210,11 @@ def _instruction(workflow: Workflow, handoffs: list[Handoff]) -> str:
 
 
 def work_item_prompt_build(
-    *, workflow: Workflow, item: WorkItem, context_tokens: int | None = None
+    *,
+    workflow: Workflow,
+    item: WorkItem,
+    context_tokens: int | None = None,
+    model_name: str = "",
 ) -> PromptRequest:
     """The CODE_WRITER's chat request for one work item: the system prompt (with the
     requirements), the plan, the item itself (with any feedback that sent it back) and
@@ -229,8 +233,12 @@ def work_item_prompt_build(
     used = _cost(system) + _cost(plan) + _cost(instruction)
     dependencies, used, trimmed = _dependency_files(item, items, budget, used)
     messages = [system, plan, *([dependencies] if dependencies else []), instruction]
+    choice = model_resolve(model_name) if model_name else None
     return PromptRequest(
-        model=model_settings.get("model", workflow.model_name),
+        model=choice.model if choice else model_settings.get("model", workflow.model_name),
+        provider=choice.provider
+        if choice
+        else model_settings.get("provider") or model_resolve(workflow.model_name).provider,
         messages=messages,
         temperature=model_settings.get("temperature", settings.TOPDOG_DEFAULT_TEMPERATURE),
         max_tokens=max_tokens,

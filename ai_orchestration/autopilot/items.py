@@ -180,13 +180,15 @@ def _item_tries(
     run_id: Any, item_id: Any, worker_id: str, heartbeat: "_ItemHeartbeat", on_progress: Any
 ) -> None:
     should_cancel = _ItemCancelCheck(run_id, item_id, worker_id, heartbeat)
+    # The run's model override, if any, as the runner's phases use it.
+    run_model = AIRun.objects.filter(pk=run_id).values_list("model_name", flat=True).first()
     problems = ""
     while True:
         item = WorkItem.objects.select_related("plan", "workflow__project").get(pk=item_id)
         _report(on_progress, item, "running")
         calls: list[Completion] = []
         try:
-            answer = _item_answer(item, problems, should_cancel, calls)
+            answer = _item_answer(item, problems, should_cancel, calls, run_model)
             usage = calls_usage(calls, "") if calls else CallUsage()
             done = work_item_complete(
                 workflow_id=item.workflow_id,
@@ -220,16 +222,18 @@ def _item_tries(
 
 
 def _item_answer(
-    item: WorkItem, problems: str, should_cancel: Any, calls: list[Completion]
+    item: WorkItem,
+    problems: str,
+    should_cancel: Any,
+    calls: list[Completion],
+    run_model: str | None = "",
 ) -> dict:
     """The model's answer for the item, as implementation evidence (a 400 if invalid)."""
     workflow = item.workflow
-    prompt = work_item_prompt_build(workflow=workflow, item=item)
+    prompt = work_item_prompt_build(workflow=workflow, item=item, model_name=run_model or "")
     role = workflow.current_role
-    model_name = workflow.project.model_for(role, workflow.model_name)
-    catalog = settings.TOPDOG_MODELS[model_name]
     provider = provider_for(
-        catalog["provider"], api_key=workflow.project.provider_api_key(catalog["provider"])
+        prompt.provider, api_key=workflow.project.provider_api_key(prompt.provider)
     )
     messages = [ChatMessage(m["role"], m["content"]) for m in prompt.messages]
     if problems:
@@ -241,7 +245,7 @@ def _item_answer(
             )
         )
     request = ChatRequest(
-        model=catalog["model"],
+        model=prompt.model,
         messages=tuple(messages),
         temperature=prompt.temperature,
         max_tokens=prompt.max_tokens,

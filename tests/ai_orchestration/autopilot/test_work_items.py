@@ -333,3 +333,21 @@ def test_cancel_mid_graph_leaves_no_running_item(prompt_templates, settings, pro
     statuses = set(WorkItem.objects.filter(workflow=workflow).values_list("status", flat=True))
     assert statuses == {"cancelled"}
     assert not event_types(workflow).count("work_item.finished")
+
+
+def test_items_use_the_model_the_ide_named_and_the_runs_override(project, user, settings):
+    # given a workflow opened with a concrete model id and a run that overrides it
+    settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = 120
+    workflow = workflow_for(project, user, model_name="gpt-4")
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user), model_name="OFFLINE")
+
+    # when the autopilot works it (IMPLEMENTATION item by item)
+    for _ in range(60):
+        if not autopilot_step(run_id=run.id, worker_id="t"):
+            break
+
+    # then every item was called on the override's provider and the workflow completes
+    workflow.refresh_from_db()
+    assert workflow.state == "COMPLETE", AIRun.objects.get(pk=run.pk).error
+    items = list(WorkItem.objects.filter(workflow=workflow))
+    assert items and all(item.status == "done" for item in items)
