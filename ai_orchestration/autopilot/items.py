@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from rest_framework.exceptions import ValidationError
 
-from ai_orchestration.accounting import calls_usage
+from ai_orchestration.accounting import budget_stop_reason, calls_usage
 from ai_orchestration.autopilot.answers import parse_json
 from ai_orchestration.autopilot.frames import run_frame_send
 from ai_orchestration.autopilot.services import (
@@ -207,6 +207,11 @@ def _item_tries(
             _book(run_id, calls)
             work_item_release(item_id=item_id, worker_id=worker_id)
             return
+        except _OverBudget as exc:
+            # As for a phase: the run stops before a call that could exceed the budget.
+            work_item_release(item_id=item_id, worker_id=worker_id)
+            run_finish_by_id(run_id, AIRun.Status.STOPPED, stop_reason=str(exc))
+            return
         except (TransitionConflict, WorkflowNotFound):
             # Taken from us (cancelled, reaped, superseded) or completed by someone else.
             _book(run_id, calls)
@@ -219,6 +224,10 @@ def _item_tries(
             if _backoff(item.attempt, should_cancel):
                 work_item_release(item_id=item_id, worker_id=worker_id)
                 return
+
+
+class _OverBudget(Exception):
+    """The next item call could take the workflow over its project's budget."""
 
 
 def _item_answer(
@@ -260,6 +269,14 @@ def _item_answer(
             "problems": problems,
         },
     )
+    stop = budget_stop_reason(
+        workflow=workflow,
+        provider_name=provider.name,
+        request=request,
+        input_estimate=prompt.estimated_input_tokens,
+    )
+    if stop:
+        raise _OverBudget(stop)
     completion = complete_with_retries(
         provider,
         request,

@@ -351,3 +351,29 @@ def test_items_use_the_model_the_ide_named_and_the_runs_override(project, user, 
     assert workflow.state == "COMPLETE", AIRun.objects.get(pk=run.pk).error
     items = list(WorkItem.objects.filter(workflow=workflow))
     assert items and all(item.status == "done" for item in items)
+
+
+def test_an_item_call_that_could_pass_the_budget_stops_the_run(
+    openai_at_fake, project, user, settings
+):
+    # given a workflow in IMPLEMENTATION on a priced model and a budget already spent
+    settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = 120
+    project.budget_usd = 0
+    project.save()
+    workflow = workflow_for(project, user, model_name="GPT4")
+    for phase in ("DISCOVERY", "PLANNING"):
+        workflow_phase_complete(
+            workflow_id=workflow.id, ai_response="", result=evidence(phase), actor=Actor.of(user)
+        )
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+
+    # when the autopilot reaches the items
+    run_to_end(run.id)
+
+    # then no model was called, the run stopped on the budget, and no item was done or
+    # failed (one may still be held by a dispatched task, which gives it back on its turn)
+    run.refresh_from_db()
+    assert run.status == AIRun.Status.STOPPED and "budget" in run.stop_reason
+    assert openai_at_fake.requests == []
+    statuses = {i.status for i in work_items_current(workflow_id=workflow.id)}
+    assert not statuses & {"done", "failed"}
