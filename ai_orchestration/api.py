@@ -66,7 +66,10 @@ class WorkItemPromptApi(ApiView):
     """The chat request for one work item (as get-ai-prompt for the whole phase); 409
     unless the item is ready (every item it depends on done)."""
 
-    @extend_schema(request=None, responses=GetAiPromptApi.GetAiPromptOutputSerializer)
+    @extend_schema(
+        request=None,
+        responses={200: GetAiPromptApi.GetAiPromptOutputSerializer, **errors(403, 404, 409)},
+    )
     def post(self, request: Request, workflow_id: str, key: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
         item = work_items_current(workflow_id=workflow.id).filter(key=key).first()

@@ -11,8 +11,10 @@ from rest_framework.response import Response
 
 from workflows import selectors
 from workflows.api.base import ApiView, next_action, validated_data
-from workflows.api.pagination import PAGE_PARAMETERS, head, paginated
+from workflows.api.pagination import PAGE_PARAMETERS, head, page_of, paginated
+from workflows.api.schema import errors
 from workflows.models import WorkItem
+from workflows.serializer_fields import ChoiceField
 from workflows.services import Actor, work_item_complete
 
 
@@ -23,7 +25,7 @@ class WorkItemOutputSerializer(serializers.Serializer):
     files = serializers.ListField(child=serializers.CharField())
     depends_on = serializers.ListField(child=serializers.CharField())
     depth = serializers.IntegerField()
-    status = serializers.ChoiceField(choices=WorkItem.Status.choices)
+    status = ChoiceField(choices=WorkItem.Status.choices)
     superseded = serializers.BooleanField()
     plan_id = serializers.IntegerField(help_text="The PLANNING phase result it belongs to.")
     attempt = serializers.IntegerField()
@@ -56,7 +58,7 @@ class WorkItemListApi(ApiView):
             *PAGE_PARAMETERS,
             OpenApiParameter("superseded", bool, description="Include earlier plans' items."),
         ],
-        responses=WorkItemOutputSerializer(many=True),
+        responses={200: page_of(WorkItemOutputSerializer), **errors(400, 404)},
     )
     def get(self, request: Request, workflow_id: str) -> Response:
         workflow = selectors.workflow_get_for_user(user=request.user, workflow_id=workflow_id)
@@ -96,7 +98,8 @@ class WorkItemCompleteApi(ApiView):
         next_action = serializers.DictField()
 
     @extend_schema(
-        request=WorkItemCompleteInputSerializer, responses=WorkItemCompleteOutputSerializer
+        request=WorkItemCompleteInputSerializer,
+        responses={200: WorkItemCompleteOutputSerializer, **errors(400, 403, 404, 409)},
     )
     def post(self, request: Request, workflow_id: str, key: str) -> Response:
         data = validated_data(self.WorkItemCompleteInputSerializer, request)
