@@ -126,13 +126,13 @@ def test_several_secrets_mixed_into_noise_leave_no_run_behind(seed):
 
 
 def test_a_hostile_echo_of_the_last_fourteen_characters_is_redacted():
-    token = "ghp_Zq8xY2mN4pR7sT1vW3uK9bC5dF0"
+    token = "tok_test_Zq8xY2mN4pR7sT1vW3uK9bC5dF0"
     echo = f"error: bad credentials for token ending {token[-14:]}"
     assert secret_scrub(echo, [token]) == f"error: bad credentials for token ending {REDACTED}"
 
 
 def test_eleven_characters_are_not_a_run_but_a_short_secret_matches_whole():
-    token = "ghp_Zq8xY2mN4pR7sT1vW3uK9bC5dF0"
+    token = "tok_test_Zq8xY2mN4pR7sT1vW3uK9bC5dF0"
     assert secret_scrub(f"tail {token[-11:]}", [token]) == f"tail {token[-11:]}"
     assert secret_scrub("pw: HUNTER2x\x00y!", ["hunter2xy"]) == f"pw: {REDACTED}!"
 
