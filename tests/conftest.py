@@ -2,6 +2,7 @@ import os
 import shutil
 
 import pytest
+from channels.layers import channel_layers
 from django.core.cache import cache
 from django.db import connection, connections
 from rest_framework.test import APIClient
@@ -23,6 +24,16 @@ def _fast_hashing(settings):
 def _sandbox_off(settings):
     """Tests run no sandbox unless they ask for one (tests/workflows/checks/ do)."""
     settings.TOPDOG_SANDBOX = "off"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer instance: the in-memory one keeps groups in
+    memory, and a Redis one is bound to the event loop of the test that first used it (a
+    later test's loop would wait forever on its receive when it closes)."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(autouse=True)

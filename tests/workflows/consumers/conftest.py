@@ -1,19 +1,10 @@
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
 from tests.factories import api_token_for, evidence
 from topdog.asgi import application
 from workflows.services import Actor, workflow_phase_complete
-
-
-@pytest.fixture(autouse=True)
-def _fresh_channel_layer():
-    """Each test gets its own layer instance (the in-memory one keeps groups in memory)."""
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
 
 
 def communicator(

@@ -47,11 +47,17 @@ async def test_hundreds_of_clients_leaving_at_once_leave_no_member_and_raise_not
     workflow = await database_sync_to_async(workflow_for)(project, user)
     groups = [workflow_group(workflow.id), project_group(project.id)]
     clients = [
-        communicator(f"/ws/workflows/{workflow.id}/", token) for _ in range(WORKFLOW_CLIENTS)
+        # after its one event: the first frame is replay.done
+        communicator(f"/ws/workflows/{workflow.id}/?after=1", token)
+        for _ in range(WORKFLOW_CLIENTS)
     ] + [communicator("/ws/dashboard/", token) for _ in range(DASHBOARD_CLIENTS)]
 
     connected = await asyncio.gather(*(ws.connect(timeout=60) for ws in clients))
     assert all(ok for ok, _ in connected)
+    # A consumer accepts first and joins its groups after; its first frame (replay.done or
+    # the dashboard snapshot) comes once it has joined.
+    firsts = await asyncio.gather(*(ws.receive_json_from(timeout=60) for ws in clients))
+    assert {first["type"] for first in firsts} == {"replay.done", "snapshot"}
     members = await database_sync_to_async(_members)(groups)
     assert members == {groups[0]: WORKFLOW_CLIENTS, groups[1]: DASHBOARD_CLIENTS}
 
