@@ -27,7 +27,7 @@ from workflows.api.base import (
 )
 from workflows.api.checks import CheckRunOutputSerializer
 from workflows.api.filters import WorkflowFilter
-from workflows.api.ide import CompletePhaseApi, InitializeApi
+from workflows.api.ide import CompletePhaseApi, InitializeApi, initialize_answer
 from workflows.api.resources import (
     EventOutputSerializer,
     PhaseResultOutputSerializer,
@@ -42,7 +42,6 @@ from workflows.services import (
     TransitionOutcome,
     workflow_approve,
     workflow_cancel,
-    workflow_initialize,
     workflow_phase_complete,
     workflow_reject,
 )
@@ -85,23 +84,7 @@ def workflows_list(
 def workflow_open(*, user: AbstractBaseUser, **arguments: Any) -> dict:
     """POST /api/ai-workflows/initialize."""
     data = _valid(InitializeApi.InitializeInputSerializer, arguments)
-    project = selectors.project_get_for_user(user=user, project_ref=data["project_id"])
-    workflow = workflow_initialize(
-        project=project,
-        requirements=data["requirements"],
-        actor=Actor.of(user),
-        model_name=data.get("model"),
-        build_id=data.get("build_id", ""),
-        external_user_id=data.get("user_id", ""),
-    )
-    role_context = selectors.role_context_get(workflow=workflow, role=workflow.current_role)
-    body = {
-        "workflow_id": workflow.id,
-        "initial_state": workflow.state,
-        "system_prompt": role_context.system_prompt,
-        "next_action": next_action(workflow),
-    }
-    return InitializeApi.InitializeOutputSerializer(body).data
+    return initialize_answer(user=user, data=data)
 
 
 def status_get(*, user: AbstractBaseUser, workflow_id: str) -> dict:

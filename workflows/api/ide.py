@@ -1,7 +1,9 @@
 """The IDE contract: initialize, complete-phase, status (get-ai-prompt: ai_orchestration.api)."""
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, extend_schema_field
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -67,23 +69,29 @@ class InitializeApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(self.InitializeInputSerializer, request)
-        project = selectors.project_get_for_user(user=request.user, project_ref=data["project_id"])
-        workflow = workflow_initialize(
-            project=project,
-            requirements=data["requirements"],
-            actor=Actor.of(request.user),
-            model_name=data.get("model"),
-            build_id=data.get("build_id", ""),
-            external_user_id=data.get("user_id", ""),
-        )
-        role_context = selectors.role_context_get(workflow=workflow, role=workflow.current_role)
-        body = {
-            "workflow_id": workflow.id,
-            "initial_state": workflow.state,
-            "system_prompt": role_context.system_prompt,
-            "next_action": next_action(workflow),
-        }
-        return Response(self.InitializeOutputSerializer(body).data, status=status.HTTP_201_CREATED)
+        return Response(initialize_answer(user=request.user, data=data), status=201)
+
+
+def initialize_answer(*, user: Any, data: dict) -> dict:
+    """Open the workflow that validated initialize input asks for; the answer's body (the
+    REST endpoint and the MCP tool answer the same)."""
+    project = selectors.project_get_for_user(user=user, project_ref=data["project_id"])
+    workflow = workflow_initialize(
+        project=project,
+        requirements=data["requirements"],
+        actor=Actor.of(user),
+        model_name=data.get("model"),
+        build_id=data.get("build_id", ""),
+        external_user_id=data.get("user_id", ""),
+    )
+    role_context = selectors.role_context_get(workflow=workflow, role=workflow.current_role)
+    body = {
+        "workflow_id": workflow.id,
+        "initial_state": workflow.state,
+        "system_prompt": role_context.system_prompt,
+        "next_action": next_action(workflow),
+    }
+    return InitializeApi.InitializeOutputSerializer(body).data
 
 
 class CompletePhaseApi(ApiView):
