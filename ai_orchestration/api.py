@@ -101,6 +101,7 @@ class RunOutputSerializer(serializers.Serializer):
     cost_usd = serializers.CharField()
     error = serializers.CharField()
     stop_reason = serializers.CharField()
+    request_id = serializers.CharField(help_text="X-Request-ID of the request that started it.")
 
 
 class RunStartSerializer(serializers.Serializer):

@@ -46,6 +46,7 @@ from integrations.workspace import (
 from workflows.broadcast import workflow_live_frame_send
 from workflows.errors import ActionForbidden, CheckUnavailable, TransitionConflict
 from workflows.models import CheckRun, Workflow
+from workflows.request_ids import request_id_current
 from workflows.services import Actor, workflow_event_record, workflow_lock
 from workflows.states import EventType, MemberRole
 from workflows.verification import (
@@ -137,12 +138,15 @@ def _queue(workflow: Workflow, actor: Actor, *, enqueue: bool = True) -> CheckRu
                 backend=sandbox_backend().name,
                 isolated=sandbox_backend().isolated,
                 requested_by=actor.name,
+                request_id=request_id_current(),
                 created_by=actor.user,
             )
     except IntegrityError:
         raise _busy(workflow) from None
     if enqueue:
-        transaction.on_commit(lambda: check_run_task.enqueue(str(run.id)))
+        transaction.on_commit(
+            lambda: check_run_task.enqueue(str(run.id), request_id=run.request_id or None)
+        )
     return run
 
 
@@ -180,8 +184,9 @@ def check_run_cancel(*, workflow_id: Any, check_id: Any, actor: Actor) -> CheckR
 
 
 @task()
-def check_run_task(check_id: str) -> None:
-    """Execute one queued check run."""
+def check_run_task(check_id: str, request_id: str | None = None) -> None:
+    """Execute one queued check run (`request_id`: of the request that asked for it, bound
+    to the task's log lines and events by the worker's task hook)."""
     check_run_execute(check_id=check_id)
 
 

@@ -608,6 +608,9 @@ class WorkflowEvent(AppendOnlyModel):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     actor_name = models.CharField(max_length=150)
+    request_id = models.CharField(
+        max_length=200, blank=True, help_text="X-Request-ID of the request (or task) that wrote it."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -703,6 +706,9 @@ class CheckRun(models.Model):
     junit_sha256 = models.CharField(max_length=64, blank=True)
     cancel_requested = models.BooleanField(default=False)
     requested_by = models.CharField(max_length=150, blank=True)
+    request_id = models.CharField(
+        max_length=200, blank=True, help_text="X-Request-ID of the request that started it."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

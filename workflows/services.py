@@ -60,6 +60,7 @@ from workflows.prompts import (
     prompt_template_active,
     prompt_templates_active,
 )
+from workflows.request_ids import request_id_current
 from workflows.selectors import workflow_uuid
 from workflows.states import (
     NEXT_STATE,
@@ -407,6 +408,7 @@ def _event(workflow: Workflow, actor: Actor, type_: str, data: dict) -> Workflow
         data=data,
         actor=actor.user,
         actor_name=actor.name,
+        request_id=request_id_current(),
     )
 
 

@@ -34,6 +34,7 @@ def run_summary(run: AIRun) -> dict:
         "cost_usd": str(run.cost_usd),
         "error": run.error,
         "stop_reason": run.stop_reason,
+        "request_id": run.request_id,
     }
 
 

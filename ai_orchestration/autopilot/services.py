@@ -23,6 +23,7 @@ from workflows.errors import ActionForbidden, TransitionConflict
 from workflows.listeners import TransitionCommitted
 from workflows.models import Workflow
 from workflows.models_catalog import UnknownModel, model_resolve
+from workflows.request_ids import request_id_current
 from workflows.services import Actor, transition_check, workflow_lock
 from workflows.states import MemberRole, State, Transition
 from workflows.work_items import work_items_claim, work_items_reap
@@ -65,6 +66,7 @@ def autopilot_start(
             scope=scope,
             phase=workflow.state,
             model_name=model_name,
+            request_id=request_id_current(),
             created_by=actor.user,
         )
         run_enqueue_after_commit(run.id)
@@ -178,7 +180,7 @@ def work_items_dispatch(*, run_id: Any, workflow_id: Any) -> list[int]:
 
 
 def _item_enqueue(run_id: str, item_id: int) -> None:
-    import_string(ITEM_TASK_PATH).enqueue(run_id, item_id)
+    import_string(ITEM_TASK_PATH).enqueue(run_id, item_id, request_id=request_id_current() or None)
 
 
 def autopilot_reap(*, now: Any = None) -> list[Any]:
@@ -257,4 +259,4 @@ def run_enqueue_after_commit(run_id: Any) -> None:
 
 
 def _run_enqueue(run_id: str) -> None:
-    import_string(RUN_TASK_PATH).enqueue(run_id)
+    import_string(RUN_TASK_PATH).enqueue(run_id, request_id=request_id_current() or None)

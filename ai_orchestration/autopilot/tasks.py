@@ -14,15 +14,17 @@ from workflows.models import WorkItem
 
 
 @task()
-def autopilot_run_task(run_id: str) -> None:
-    """Work one phase of a run; enqueue the next one if the run goes on."""
+def autopilot_run_task(run_id: str, request_id: str | None = None) -> None:
+    """Work one phase of a run; enqueue the next one if the run goes on. `request_id`
+    (of the request that started or resumed the run) is bound by the worker's task hook
+    and passed on to the next task."""
     autopilot_reap()
     if autopilot_step(run_id=run_id, worker_id=worker_identity()):
-        autopilot_run_task.enqueue(run_id)
+        autopilot_run_task.enqueue(run_id, request_id=request_id)
 
 
 @task()
-def work_item_run_task(run_id: str, item_id: int) -> None:
+def work_item_run_task(run_id: str, item_id: int, request_id: str | None = None) -> None:
     """Work one work item of a run, then whatever else is ready for it (items.py)."""
     autopilot_reap()
     workflow_id = WorkItem.objects.filter(pk=item_id).values_list("workflow_id", flat=True).first()

@@ -9,7 +9,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.utils.module_loading import import_string
 
-from topdog.observability.context import log_context_bound, request_id_current
+from topdog.observability.context import log_context_bound
 from topdog.observability.logs import (
     REDACTED,
     RequestContextFilter,
@@ -17,6 +17,7 @@ from topdog.observability.logs import (
     logging_config,
     scrub,
 )
+from workflows.request_ids import request_id_current
 
 SECRET = "sk-live-abcdefghijklmnop"
 

@@ -33,14 +33,6 @@ def request_id_accepted(value: str | None) -> str:
     return request_id_new()
 
 
-def request_id_current() -> str | None:
-    """The request id of the request or task being handled here, if any.
-
-    Enqueue sites pass it on as a task kwarg (`request_id=request_id_current()`) so the
-    worker's log lines of that task carry it too (see `topdog.observability.tasks`)."""
-    return structlog.contextvars.get_contextvars().get("request_id")
-
-
 def log_context() -> dict[str, Any]:
     """The values bound for log lines here (request_id, workflow_id, run_id, ...)."""
     return structlog.contextvars.get_contextvars()

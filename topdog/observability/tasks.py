@@ -8,7 +8,8 @@
 - each one binds the task's ids to the log lines the task writes: task_id, task, the
   run id (a `run_id` kwarg, else a first argument that is a UUID: autopilot and check
   tasks take their run's id first) and `request_id` when the enqueue site passed
-  `request_id=request_id_current()` as a kwarg. `task_finished` unbinds them.
+  `request_id=request_id_current()` (workflows/request_ids.py) as a kwarg.
+  `task_finished` unbinds them.
 """
 
 import logging

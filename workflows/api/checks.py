@@ -45,6 +45,7 @@ class CheckRunOutputSerializer(serializers.Serializer):
     log_sha256 = serializers.CharField()
     junit_sha256 = serializers.CharField()
     requested_by = serializers.CharField()
+    request_id = serializers.CharField(help_text="X-Request-ID of the request that started it.")
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)

@@ -419,6 +419,9 @@ class EventOutputSerializer(serializers.Serializer):
     type = serializers.CharField()
     data = serializers.JSONField()
     actor = serializers.CharField(source="actor_name")
+    request_id = serializers.CharField(
+        help_text="X-Request-ID of the request (or autopilot task) that wrote it; may be empty."
+    )
     at = serializers.DateTimeField(source="created_at")
 
 
