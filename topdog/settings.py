@@ -119,6 +119,11 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not shared-cache memory: threads in the tests then see real locking.
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-topdog-{os.getpid()}.sqlite3")}
+# Connections are checked before use. With the pool, Django hands psycopg_pool
+# `check=ConnectionPool.check_connection`: each connection is checked as it leaves the
+# pool, and one the server dropped (a restart, pg_terminate_backend) is replaced, not used.
+# (Django 5.2 passes `check` itself, so it cannot be given in OPTIONS["pool"].)
+_db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
