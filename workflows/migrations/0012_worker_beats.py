@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0010_work_items'),
+        ('workflows', '0011_event_and_check_request_id'),
     ]
 
     operations = [
