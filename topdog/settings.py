@@ -119,6 +119,11 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not shared-cache memory: threads in the tests then see real locking.
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-topdog-{os.getpid()}.sqlite3")}
+# Connections are checked before use. With the pool, Django hands psycopg_pool
+# `check=ConnectionPool.check_connection`: each connection is checked as it leaves the
+# pool, and one the server dropped (a restart, pg_terminate_backend) is replaced, not used.
+# (Django 5.2 passes `check` itself, so it cannot be given in OPTIONS["pool"].)
+_db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -426,6 +431,18 @@ TOPDOG_PRICES = {
 TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = env_int("TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS", 5)
 TOPDOG_AUTOPILOT_LEASE_SECONDS = env_int("TOPDOG_AUTOPILOT_LEASE_SECONDS", 30)
 TOPDOG_AUTOPILOT_MAX_RECOVERIES = env_int("TOPDOG_AUTOPILOT_MAX_RECOVERIES", 3)
+# Task workers and watchdogs write a beat (workflows.WorkerBeat) this often; a worker
+# whose beat is more than two lease periods old is dead, and its running task rows are
+# failed by the watchdog. Beats not seen for TOPDOG_WORKER_BEAT_KEEP_HOURS are deleted.
+TOPDOG_WORKER_BEAT_SECONDS = env_int("TOPDOG_WORKER_BEAT_SECONDS", 5)
+TOPDOG_WORKER_BEAT_KEEP_HOURS = env_int("TOPDOG_WORKER_BEAT_KEEP_HOURS", 24)
+# A worker or watchdog loop that fails on a database or Redis error runs again after a
+# pause: TOPDOG_WORKER_BACKOFF_MS doubling up to TOPDOG_WORKER_BACKOFF_MAX_MS (each a random
+# time between half and all of it), back to the first once a run lasted
+# TOPDOG_WORKER_HEALTHY_SECONDS.
+TOPDOG_WORKER_BACKOFF_MS = env_int("TOPDOG_WORKER_BACKOFF_MS", 500)
+TOPDOG_WORKER_BACKOFF_MAX_MS = env_int("TOPDOG_WORKER_BACKOFF_MAX_MS", 30000)
+TOPDOG_WORKER_HEALTHY_SECONDS = env_int("TOPDOG_WORKER_HEALTHY_SECONDS", 60)
 # Work items: tries per item before it (and the run) fails, and the pause before the
 # second try (doubled for each further one).
 TOPDOG_WORK_ITEM_MAX_ATTEMPTS = env_int("TOPDOG_WORK_ITEM_MAX_ATTEMPTS", 3)

@@ -808,3 +808,30 @@ class WorkItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} {self.title} ({self.status})"
+
+
+class WorkerBeat(models.Model):
+    """A task worker or watchdog process saying it is alive (workflows/workers.py).
+
+    Each process writes its row every few seconds while it runs and sets `stopped_at`
+    when it stops cleanly. A task worker's `worker_id` is the id it gives `db_worker`,
+    so the task rows it claims (DBTaskResult.worker_ids) name it."""
+
+    class Kind(models.TextChoices):
+        WORKER = "worker"
+        WATCHDOG = "watchdog"
+
+    worker_id = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["kind", "-last_seen_at"]
+        indexes = [models.Index(fields=["kind", "last_seen_at"], name="worker_beat_seen")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.worker_id}"

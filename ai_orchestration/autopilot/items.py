@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from rest_framework.exceptions import ValidationError
 
@@ -161,6 +161,10 @@ def _item_work(run_id: Any, item_id: Any, worker_id: str, on_progress: Any) -> N
     heartbeat.start()
     try:
         _item_tries(run_id, item_id, worker_id, heartbeat, on_progress)
+    except (OperationalError, InterfaceError):
+        # The database went away: the item's lease runs out and the reaper makes it ready.
+        logger.warning("work item %s: database unavailable; left to its lease", item_id)
+        raise
     except Exception as exc:  # a bug must not leave the item running until its lease ends
         logger.exception("work item %s failed", item_id)
         work_item_fail(

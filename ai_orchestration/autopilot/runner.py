@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
@@ -99,6 +99,11 @@ def autopilot_step(*, run_id: Any, worker_id: str, hooks: StepHooks | None = Non
     heartbeat.start()
     try:
         return _work_phase(run, heartbeat, hooks)
+    except (OperationalError, InterfaceError):
+        # The database went away (a restart, a dropped connection): not the run's fault.
+        # Its lease runs out and the reaper re-queues it; the task worker starts again.
+        logger.warning("autopilot run %s: database unavailable; left to its lease", run.id)
+        raise
     except Exception as exc:  # an unexpected bug must not leave the run "running"
         logger.exception("autopilot run %s failed", run.id)
         run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"internal error: {type(exc).__name__}")

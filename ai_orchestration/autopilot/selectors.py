@@ -1,9 +1,11 @@
 """Reads of autopilot runs."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Min, Q, QuerySet
+from django_tasks_db.models import DBTaskResult
 
 from ai_orchestration.models import AIRun
 from workflows.errors import WorkflowNotFound
@@ -35,3 +37,29 @@ def run_get(*, run_id: Any) -> AIRun:
 def run_active_for_workflow(*, workflow_id: Any) -> AIRun | None:
     """The workflow's queued, running or waiting run, if it has one (at most one)."""
     return AIRun.objects.filter(workflow_id=workflow_id, status__in=AIRun.ACTIVE).first()
+
+
+def runs_lease_summary(*, now: datetime) -> dict[str, Any]:
+    """Running runs, how many of them have an expired lease, and the oldest expiry."""
+    expired = Q(lease_expires_at__lt=now)
+    return AIRun.objects.filter(status=AIRun.Status.RUNNING).aggregate(
+        running=Count("id"),
+        expired_leases=Count("id", filter=expired),
+        oldest_expiry=Min("lease_expires_at", filter=expired),
+    )
+
+
+# The task that works a run (tasks.py), under its path and the one rows queued before the
+# autopilot became a package carry.
+RUN_TASK_PATHS = (
+    "ai_orchestration.autopilot.tasks.autopilot_run_task",
+    "ai_orchestration.autopilot.autopilot_run_task",
+)
+
+
+def run_ids_with_pending_task() -> set[str]:
+    """Ids of the runs that have a task ready or running (a few rows: the queue)."""
+    rows = DBTaskResult.objects.filter(
+        status__in=["READY", "RUNNING"], task_path__in=RUN_TASK_PATHS
+    ).values_list("args_kwargs", flat=True)
+    return {str(args_kwargs["args"][0]) for args_kwargs in rows if args_kwargs.get("args")}

@@ -6,6 +6,7 @@ commit (`frames.run_frame_send`), and so does the task that works the run's next
 """
 
 import logging
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,11 @@ from django.utils.module_loading import import_string
 from rest_framework.exceptions import ValidationError
 
 from ai_orchestration.autopilot.frames import run_frame_send
-from ai_orchestration.autopilot.selectors import run_active_for_workflow
+from ai_orchestration.autopilot.selectors import (
+    RUN_TASK_PATHS,
+    run_active_for_workflow,
+    run_ids_with_pending_task,
+)
 from ai_orchestration.models import AIRun
 from workflows.check_runs import check_runs_reap
 from workflows.errors import ActionForbidden, TransitionConflict
@@ -32,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # The task that works a run (tasks.py). It calls the reaper, and the reaper queues it, so
 # it is looked up by its dotted path when a run is queued, as the task worker does.
-RUN_TASK_PATH = "ai_orchestration.autopilot.tasks.autopilot_run_task"
+RUN_TASK_PATH = RUN_TASK_PATHS[0]
 ITEM_TASK_PATH = "ai_orchestration.autopilot.tasks.work_item_run_task"
 # A run's stop reason while other workers hold its workflow's work items.
 WAITING_FOR_ITEMS = "working on work items"
@@ -195,6 +200,45 @@ def autopilot_reap(*, now: Any = None) -> list[Any]:
         for run_id in expired.values_list("id", flat=True)
         if _run_reap(run_id=run_id, now=now)
     ]
+
+
+def autopilot_orphans_requeue(*, now: Any = None) -> list[Any]:
+    """Queue again the task of queued runs that have none: its worker died after taking
+    the task and before taking the run, or the queueing after a commit was lost with the
+    database. A second task for one run is harmless: one claim wins, the other does
+    nothing. The watchdog calls this each round."""
+    now = now or timezone.now()
+    quiet = now - 2 * timedelta(seconds=settings.TOPDOG_AUTOPILOT_LEASE_SECONDS)
+    queued = list(
+        AIRun.objects.filter(status=AIRun.Status.QUEUED, created_at__lt=quiet).values_list(
+            "id", flat=True
+        )
+    )
+    pending = run_ids_with_pending_task() if queued else set()
+    return [
+        run_id
+        for run_id in queued
+        if str(run_id) not in pending and _orphan_requeue(run_id=run_id, quiet=quiet)
+    ]
+
+
+def _orphan_requeue(*, run_id: Any, quiet: Any) -> bool:
+    with transaction.atomic():
+        run = (
+            AIRun.objects.select_for_update(skip_locked=True)
+            .filter(pk=run_id, status=AIRun.Status.QUEUED)
+            .first()
+        )
+        if run is None or (run.heartbeat_at and run.heartbeat_at >= quiet):
+            return False
+        if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
+            run_finish(run, AIRun.Status.FAILED, error="its task was lost too often; giving up")
+            return False
+        logger.warning("run %s is queued with no task (lost with its worker); queueing one", run.id)
+        run.recoveries += 1
+        run.save(update_fields=["recoveries"])
+        run_enqueue_after_commit(run.id)
+        return True
 
 
 def _work_items_reap(now: Any) -> None:

@@ -2,9 +2,10 @@
 
 Applies migrations; on a database without a superuser creates `admin` (plus a `demo`
 project it owns and an API token) and prints the credentials once; starts the task
-worker (with Redis, `manage.py db_worker` and `autopilot_watchdog` children; on the
-embedded default, `db_worker` in this process, see ai_orchestration/inprocess_worker.py); serves
-the ASGI application with daphne until SIGINT or SIGTERM; then stops the worker.
+worker (with Redis, `manage.py task_worker` and `autopilot_watchdog` children; on the
+embedded default, the same supervised `db_worker` in this process, see
+ai_orchestration/inprocess_worker.py); serves the ASGI application with daphne until
+SIGINT or SIGTERM; then stops the worker.
 """
 
 import ctypes
@@ -121,7 +122,10 @@ if sys.platform.startswith("linux"):
 
 
 class TaskWorker:
-    """`manage.py db_worker` as a child process: restarted if it dies, stopped with us.
+    """`manage.py task_worker` as a child process: restarted if it dies, stopped with us.
+
+    The child itself outlives database and Redis errors (workflows/supervision.py); this
+    restarts it only if it exits for another reason.
 
     The child runs in its own process group, so a Ctrl+C in the terminal reaches only
     `serve`, which then sends the worker one SIGTERM: the worker finishes the task it is
@@ -139,8 +143,7 @@ class TaskWorker:
         self.command = command or [
             sys.executable,
             str(settings.BASE_DIR / "manage.py"),
-            "db_worker",
-            "--no-reload",
+            "task_worker",
         ]
         self.grace_seconds = grace_seconds
         self.restart_delay = restart_delay
@@ -212,11 +215,11 @@ def _serve_beside_worker(server: Any, reactor: Any, *, verbosity: int) -> None:
     """Run daphne in a thread and the task worker on this, the main, thread.
 
     The in-memory channel layer lives in this process: so must the worker whose
-    autopilot streams live frames through it. The worker is `manage.py db_worker`, which
-    takes SIGINT and SIGTERM, and only the main thread may install signal handlers, so
-    daphne (without handlers of its own) runs beside it. When the worker stops, daphne
-    stops; when daphne stops by itself (it could not listen, say), the worker is sent a
-    SIGTERM.
+    autopilot streams live frames through it. The worker is `manage.py db_worker`
+    (supervised as `task_worker` runs it), which takes SIGINT and SIGTERM, and only the
+    main thread may install signal handlers, so daphne (without handlers of its own) runs
+    beside it. When the worker stops, daphne stops; when daphne stops by itself (it could
+    not listen, say), the worker is sent a SIGTERM.
     """
     stopping, ended = threading.Event(), threading.Event()
 
@@ -260,7 +263,7 @@ class Command(BaseCommand):
             "--no-worker",
             action="store_false",
             dest="worker",
-            help="Do not start a task worker (run `manage.py db_worker` processes yourself).",
+            help="Do not start a task worker (run `manage.py task_worker` processes yourself).",
         )
         parser.add_argument(
             "--demo",

@@ -13,12 +13,13 @@ from concurrent.futures import Future
 
 import pytest
 
-from ai_orchestration import inprocess_worker
+from ai_orchestration import watchdog
 from ai_orchestration.autopilot.services import autopilot_start
-from ai_orchestration.inprocess_worker import Reaper, worker_run
+from ai_orchestration.inprocess_worker import worker_run
+from ai_orchestration.watchdog import WatchdogThread
 from tests.factories import api_token_for, workflow_for
 from tests.workflows.consumers.conftest import communicator
-from workflows.models import Workflow
+from workflows.models import WorkerBeat, Workflow
 from workflows.services import Actor
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,23 +85,26 @@ def _interrupt_the_worker(pytest_sigint, timeout: float = 20) -> None:
 
 def test_the_worker_reaps_orphaned_runs_while_it_runs(monkeypatch):
     reaped = []
-    monkeypatch.setattr(inprocess_worker, "autopilot_reap", lambda: reaped.append(1))
+    monkeypatch.setattr(watchdog, "autopilot_reap", lambda: reaped.append(1) or [])
 
     # when: the worker runs until no task is ready (none is)
     worker_run(interval=0.01, batch=True)
 
-    # then: the reaper ran when it started
+    # then: the watchdog ran when it started, and both said they were alive
     assert reaped
+    kinds = set(WorkerBeat.objects.values_list("kind", flat=True))
+    assert kinds == {"worker", "watchdog"}
+    assert not WorkerBeat.objects.filter(stopped_at__isnull=True).exists()  # and stopped
 
 
-def test_the_reaper_runs_periodically_until_stopped(monkeypatch):
+def test_the_watchdog_thread_runs_periodically_until_stopped(monkeypatch):
     reaped = threading.Semaphore(0)
-    monkeypatch.setattr(inprocess_worker, "autopilot_reap", reaped.release)
+    monkeypatch.setattr(watchdog, "autopilot_reap", lambda: reaped.release() or [])
 
-    reaper = Reaper(every=0.01)
-    reaper.start()
+    thread = WatchdogThread(every=0.01)
+    thread.start()
     for _ in range(3):
         assert reaped.acquire(timeout=5)
-    reaper.stop()
+    thread.stop()
 
-    assert not reaper.is_alive()
+    assert not thread.is_alive()
