@@ -51,6 +51,7 @@ class Call:
     started: float  # time.monotonic()
     started_at: float  # time.time()
     ended: float | None = None
+    ended_at: float | None = None  # time.time()
     outcome: str = "streaming"  # then "answered" or "cut"
     output_tokens: int = 0
 
@@ -284,7 +285,7 @@ class CountedModel:
 
     def _end(self, call: Call) -> None:
         with self._lock:
-            call.ended = time.monotonic()
+            call.ended, call.ended_at = time.monotonic(), time.time()
             self._live[call.key] -= 1
 
     def _stream(

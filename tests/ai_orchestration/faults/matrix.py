@@ -9,11 +9,8 @@ while a call is held mid-stream, and then waits, with no manual action, for ever
 complete. `Scenario.verify()` checks the invariants and returns the figures.
 """
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,141 +18,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.core.management import get_commands
 from django.db import connection
 from django_tasks_db.models import DBTaskResult
 
 from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.ai_orchestration.faults.counted_model import Call, CountedModel, client_pid
+from tests.ai_orchestration.faults.procs import (
+    Proc,
+    backend_pids,
+    start_task_worker,
+    start_watchdog,
+    wait_for,
+)
 from tests.factories import workflow_for
 from workflows.models import Handoff, PhaseResult, Workflow, WorkflowEvent, WorkItem
 from workflows.replay import workflow_replay
 from workflows.services import Actor
-from workflows.states import PHASES, EventType, State
+from workflows.states import PHASES, State
 
-ROOT = Path(settings.BASE_DIR)
 RUNS = 3
 HEARTBEAT_SECONDS, LEASE_SECONDS = 1, 3
-# Settings of the processes: a heartbeat and lease of seconds, quick backoffs.
+# On top of procs.FAST: a heartbeat of a second, a lease of three, no offline delays.
 PROCESS_ENV = {
-    "DJANGO_SETTINGS_MODULE": "topdog.settings",
-    "PYTHONUNBUFFERED": "1",
     "TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
     "TOPDOG_AUTOPILOT_LEASE_SECONDS": str(LEASE_SECONDS),
-    "TOPDOG_WORKER_BEAT_SECONDS": "1",
-    "TOPDOG_WORKER_BACKOFF_MS": "100",
-    "TOPDOG_WORKER_BACKOFF_MAX_MS": "1000",
     "TOPDOG_LLM_TIMEOUT_SECONDS": "60",
     "TOPDOG_LLM_DEADLINE_SECONDS": "60",
     "TOPDOG_WORK_ITEM_BACKOFF_MS": "50",
-    # the project's repository is not reachable from here; checks are not under test
-    "TOPDOG_SANDBOX": "off",
 }
 # Work items' calls are a phase attempt each; IMPLEMENTATION itself is never called.
 CALLED_PHASES = [p for p in PHASES if p != State.IMPLEMENTATION]
-FORWARD_EVENTS = {EventType.PHASE_COMPLETED, EventType.WORK_ITEM_FINISHED}
+# The statements a lease heartbeat renews with (a run's or a work item's).
+HEARTBEAT_SQL = ("%heartbeat_at%", "%lease_token%")
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    user = db.get("USER") or "postgres"
-    return (
-        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
-
-
-def worker_command() -> str:
-    """The supervised worker when the codebase has it, else django-tasks-db's own."""
-    return "task_worker" if "task_worker" in get_commands() else "db_worker"
-
-
-@dataclass
-class Proc:
-    """A `manage.py` command; `name` is also its PostgreSQL application_name."""
-
-    name: str
-    process: subprocess.Popen
-    log: Path
-    expect_alive: bool = True  # False once the scenario ends it on purpose
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def signal(self, sig: int) -> None:
-        self.expect_alive = False
-        self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def proc_start(command: str, *args: str, name: str, log_dir: Path, env: dict) -> Proc:
-    name = f"fm-{name}-{os.getpid()}"
-    environment = {
-        **os.environ,
-        **PROCESS_ENV,
-        "DATABASE_URL": _database_url(),
-        "PGAPPNAME": name,
-        **env,
-    }
-    log = log_dir / f"{name}.log"
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), command, *args],
-        cwd=ROOT,
-        env=environment,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    return Proc(name=name, process=process, log=log)
-
-
-def backend_pids(*procs: Proc, query_like: str = "") -> list[int]:
-    """The PostgreSQL backends serving `procs` (idle or busy); with `query_like`, only
-    those whose current or last statement matches it."""
-    sql = (
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = ANY(%s)"
-    )
-    params: list[Any] = [[proc.name for proc in procs]]
-    if query_like:
-        sql += " AND query ILIKE %s"
-        params.append(query_like)
+def backends_matching(proc: Proc, patterns: tuple[str, ...]) -> list[int]:
+    """The backends of `proc` whose current or last statement matches a pattern."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND query ILIKE ANY(%s)",
+            [proc.name, list(patterns)],
+        )
         return [row[0] for row in cursor.fetchall()]
 
 
-def backends_terminate(pids: list[int]) -> int:
+def pids_terminate(pids: list[int]) -> int:
     """pg_terminate_backend each of `pids`; how many were ended."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM unnest(%s::int[]) pid", [pids])
         return cursor.fetchone()[0]
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 @dataclass
@@ -171,9 +84,10 @@ class Scenario:
     workflows: dict[str, Workflow] = field(default_factory=dict)  # by marker
     runs: dict[str, AIRun] = field(default_factory=dict)
     fault_at: float | None = None  # time.time() of the fault
-    fault_workflow: str | None = None  # the marker of the workflow it hit (None: all)
+    fault_key: tuple | None = None  # the phase attempt whose call it hit
     started: float = field(default_factory=time.monotonic)
     notes: dict[str, Any] = field(default_factory=dict)
+    ended_on_purpose: set[str] = field(default_factory=set)
 
     # --- setting up ------------------------------------------------------------------
 
@@ -181,31 +95,26 @@ class Scenario:
     def procs(self) -> list[Proc]:
         return [*self.workers, *([self.watchdog] if self.watchdog else [])]
 
-    def start_processes(self, extra_env: dict | None = None) -> None:
+    def start_processes(self) -> None:
         env = {
+            **PROCESS_ENV,
             "LOCAL_LLM_BASE_URL": self.model.base_url,
             "REDIS_URL": self.redis_url,
-            **(extra_env or {}),
         }
         if self.redis_url != os.environ.get("REDIS_URL"):
             env["CACHE_URL"] = ""  # the cache follows the scenario's Redis
-        command = worker_command()
-        worker_args = ["--interval=0.1", "--no-startup-delay"]
-        if command == "db_worker":
-            worker_args.append("--no-reload")
         self.workers = [
-            proc_start(
-                command, *worker_args, name=f"{self.name}-w{n}", log_dir=self.log_dir, env=env
-            )
-            for n in (1, 2)
+            start_task_worker(self.log_dir, name=f"{self.name}-w{n}", env=env) for n in (1, 2)
         ]
-        self.watchdog = proc_start(
-            "autopilot_watchdog",
-            "--interval=0.3",
-            name=f"{self.name}-wd",
-            log_dir=self.log_dir,
-            env=env,
-        )
+        self.watchdog = start_watchdog(self.log_dir, name=f"{self.name}-wd", env=env)
+
+    def end_on_purpose(self, proc: Proc, sig: int) -> None:
+        """Signal `proc`, which then need not be alive at the end."""
+        self.ended_on_purpose.add(proc.name)
+        if sig == signal.SIGTERM:
+            proc.terminate()  # once: a second SIGTERM would stop a worker at once
+        else:
+            proc.signal(sig)
 
     def wait_processes_ready(self, timeout: float = 30.0) -> None:
         """Every process has its database connections open (it is past its start)."""
@@ -246,7 +155,7 @@ class Scenario:
     def fault(self, call: Call | None = None) -> None:
         """Note the moment of the fault (and the workflow whose call it hit)."""
         self.fault_at = time.time()
-        self.fault_workflow = call.workflow if call is not None else None
+        self.fault_key = call.key if call is not None else None
 
     # --- the end -----------------------------------------------------------------------
 
@@ -284,7 +193,9 @@ class Scenario:
         for marker, workflow in self.workflows.items():
             mine = [c for c in calls if c.workflow == marker]
             figures.update(self._verify_workflow(marker, workflow, mine))
-        still = [p.name for p in self.procs if p.expect_alive and not p.alive()]
+        still = [
+            p.name for p in self.procs if p.name not in self.ended_on_purpose and not p.alive()
+        ]
         assert not still, f"processes that were to live exited: {still}\n{self.diagnosis()}"
         assert not DBTaskResult.objects.filter(status="RUNNING").exists()
         return {
@@ -297,7 +208,7 @@ class Scenario:
             "cut_calls": figures["cut"],
             "duplicate_calls": figures["duplicates"],
             "events": figures["events"],
-            "recover_seconds": self._recovery(),
+            "recover_seconds": self._recovery(calls),
             "total_seconds": round(time.monotonic() - self.started, 2),
             **self.notes,
         }
@@ -357,31 +268,22 @@ class Scenario:
             events=len(events),
         )
 
-    def _recovery(self) -> float | None:
-        """Seconds from the fault to the next phase or work item completed by the
-        workflow it hit (by any workflow for a fault that hit none)."""
+    def _recovery(self, calls: list[Call]) -> float | None:
+        """Seconds from the fault to the end of the answered call of the phase attempt it
+        hit (for a fault that hit no call: of the first call answered after it)."""
         if self.fault_at is None:
             return None
-        targets = (
-            [self.workflows[self.fault_workflow]]
-            if self.fault_workflow
-            else list(self.workflows.values())
-        )
-        times = [
-            e.created_at.timestamp()
-            for e in WorkflowEvent.objects.filter(workflow__in=targets, type__in=FORWARD_EVENTS)
-            if e.created_at.timestamp() > self.fault_at
+        ends = [
+            c.ended_at
+            for c in calls
+            if c.outcome == "answered"
+            and c.ended_at > self.fault_at
+            and (self.fault_key is None or c.key == self.fault_key)
         ]
-        return round(min(times) - self.fault_at, 2) if times else None
+        return round(min(ends) - self.fault_at, 2) if ends else None
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.alive():
-                proc.process.send_signal(signal.SIGTERM)
+            proc.terminate()
         for proc in self.procs:
             proc.stop()
-
-
-def figures_write(path: Path, figures: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2))

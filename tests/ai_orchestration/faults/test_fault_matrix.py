@@ -32,8 +32,8 @@ Events are gapless from seq 1 and replay to the workflow's state; no task row is
 RUNNING; every process not ended on purpose is still alive.
 
 The figures of each scenario (runs, phases, model calls, duplicate calls, events,
-seconds from the fault to the hit workflow's next completed phase or work item, total
-seconds) are printed and written to test-artifacts/fault-matrix.json.
+seconds from the fault to the end of the answered call of the phase attempt it hit,
+total seconds) are printed and written to test-artifacts/fault-matrix.json.
 """
 
 import json
@@ -49,12 +49,13 @@ from django.db import connection
 from tests.ai_orchestration.faults.counted_model import CountedModel
 from tests.ai_orchestration.faults.matrix import (
     HEARTBEAT_SECONDS,
+    HEARTBEAT_SQL,
     LEASE_SECONDS,
     Scenario,
-    backend_pids,
-    backends_terminate,
-    wait_for,
+    backends_matching,
+    pids_terminate,
 )
+from tests.ai_orchestration.faults.procs import backends_terminate, wait_for
 from tests.ai_orchestration.faults.redis_server import PrivateRedis, redis_server_binary
 
 pytestmark = [
@@ -131,7 +132,7 @@ def test_worker_sigkilled_mid_call(scenarios, model, project, user):
     victim = scenario.holder(call)
 
     scenario.fault(call)
-    victim.signal(signal.SIGKILL)
+    scenario.end_on_purpose(victim, signal.SIGKILL)
     victim.process.wait(10)
 
     figures = _finish(scenario)
@@ -147,7 +148,7 @@ def test_worker_sigterm_mid_call_finishes_its_call_then_exits(scenarios, model, 
     victim = scenario.holder(call)
 
     scenario.fault(call)
-    victim.signal(signal.SIGTERM)
+    scenario.end_on_purpose(victim, signal.SIGTERM)
     time.sleep(0.5)
     hold.release()
     # graceful: the running task ends (its call is answered and booked), then it exits
@@ -163,7 +164,7 @@ def test_every_database_connection_ended_while_idle(scenarios, model, project, u
     scenario.wait_processes_ready()
 
     scenario.fault()
-    ended = backends_terminate(backend_pids(*scenario.procs))
+    ended = backends_terminate(*scenario.procs)
     assert ended >= len(scenario.procs)
     scenario.notes["backends_ended"] = ended
     time.sleep(0.5)  # the processes meet their dead connections before any work comes
@@ -178,7 +179,7 @@ def test_every_database_connection_ended_mid_call(scenarios, model, project, use
     call = hold.wait_held(30)
 
     scenario.fault(call)
-    ended = backends_terminate(backend_pids(*scenario.procs))
+    ended = backends_terminate(*scenario.procs)
     assert ended >= len(scenario.procs)
     scenario.notes["backends_ended"] = ended
     time.sleep(1.5 * HEARTBEAT_SECONDS)  # a renewal of the held call's lease meets it
@@ -211,12 +212,12 @@ def test_heartbeat_connection_ended_mid_call(scenarios, model, project, user):
 
     # the heartbeat's own connection: its last statement renewed the lease
     heartbeat = wait_for(
-        lambda: backend_pids(holder, query_like="%heartbeat_at%"),
+        lambda: backends_matching(holder, HEARTBEAT_SQL),
         3 * HEARTBEAT_SECONDS,
         "the heartbeat's connection",
     )
     scenario.fault(call)
-    assert backends_terminate(heartbeat) == len(heartbeat)
+    assert pids_terminate(heartbeat) == len(heartbeat)
     # held past the lease: unless renewed on a new connection, the lease expires and the
     # run is re-queued (which may only happen once this call was cut)
     time.sleep(LEASE_SECONDS + 1.5)
