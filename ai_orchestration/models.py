@@ -55,6 +55,12 @@ class AIRun(models.Model):
     stop_reason = models.CharField(max_length=200, blank=True)
     cancel_requested = models.BooleanField(default=False)
     worker_id = models.CharField(max_length=100, blank=True)
+    lease_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Issued anew by each claim; only its holder may complete the run's phase.",
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_by = models.ForeignKey(
