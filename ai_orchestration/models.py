@@ -18,7 +18,9 @@ class AIRun(models.Model):
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
-        STOPPED = "stopped"  # budget cap reached
+        # Ended before its work was done, for a reason in stop_reason: the budget cap, or
+        # (scope phase) its phase was completed elsewhere.
+        STOPPED = "stopped"
 
     class Scope(models.TextChoices):
         PHASE = "phase"

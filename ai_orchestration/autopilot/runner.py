@@ -162,6 +162,10 @@ def _work_phase(run: AIRun, lease: LeaseHeartbeat, hooks: StepHooks) -> bool:
     if workflow.is_terminal:
         _finish(run, lease, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
         return False
+    scope_end = _phase_scope_end(run, workflow)
+    if scope_end is not None:
+        _finish(run, lease, scope_end[0], stop_reason=scope_end[1])
+        return False
     if workflow.awaiting_approval:
         _wait_at_gate(run, lease, workflow)
         return False
@@ -202,6 +206,22 @@ def _work_phase(run: AIRun, lease: LeaseHeartbeat, hooks: StepHooks) -> bool:
     if new_state is not None and hooks.on_progress is not None:
         hooks.on_progress(StepProgress(run, phase, new_state, deltas.total_chars))
     return _continue_or_stop(run, lease)
+
+
+def _phase_scope_end(run: AIRun, workflow: Workflow) -> tuple[str, str] | None:
+    """How a `scope: phase` run ends before working anything: its phase was done (and
+    approved at a gate), or the workflow left that phase without it. None: work on."""
+    if run.scope != AIRun.Scope.PHASE:
+        return None
+    if run.phases_completed:
+        return AIRun.Status.COMPLETED, "phase done"
+    if workflow.state != run.phase:
+        return AIRun.Status.STOPPED, _moved_on(run.phase, workflow.state)
+    return None
+
+
+def _moved_on(phase: str, state: str) -> str:
+    return f"the run was for {phase}; the workflow moved on to {state} without it"
 
 
 def _stopped_by(run: AIRun, lease: LeaseHeartbeat, reason: str) -> None:
@@ -306,7 +326,8 @@ def _phase_submit(
 ) -> tuple[AIRun, str | None] | None:
     """Complete the phase with the evidence and book the run's progress with it. Returns
     the run and the new state (None if someone else completed the phase first), or None
-    when the step ended (a failed release, a lost lease)."""
+    when the step ended (a failed release, a lost lease, a scope-phase run whose phase
+    was completed elsewhere)."""
     phase = workflow.state
     final = calls[-1]
     usage = calls_usage(calls, prompt.prompt_version)
@@ -335,6 +356,10 @@ def _phase_submit(
         logger.info("run %s: %s was completed elsewhere", run.id, phase)
         _book_calls(run, calls)
         run.refresh_from_db()
+        if run.scope == AIRun.Scope.PHASE:
+            state = Workflow.objects.values_list("state", flat=True).get(pk=workflow.id)
+            _finish(run, lease, AIRun.Status.STOPPED, stop_reason=_moved_on(phase, state))
+            return None
         return run, None
 
 

@@ -104,6 +104,10 @@ def autopilot_resume_after_approval(*, workflow_id: Any) -> None:
         )
         if run is None:
             return
+        if run.scope == AIRun.Scope.PHASE and run.phases_completed:
+            # Its phase was done and waited for the gate: the run works no other.
+            run_finish(run, AIRun.Status.COMPLETED, stop_reason="phase done")
+            return
         run.status = AIRun.Status.QUEUED
         run.stop_reason = ""
         run.save(update_fields=["status", "stop_reason"])
@@ -150,10 +154,13 @@ def autopilot_resume_after_items(*, workflow_id: Any, new_state: str) -> None:
         )
         if run is None:
             return
+        run.phases_completed += 1
+        if run.scope == AIRun.Scope.PHASE:  # its phase is done; it works no other
+            run_finish(run, AIRun.Status.COMPLETED, stop_reason="phase done")
+            return
         run.status = AIRun.Status.QUEUED
         run.stop_reason = ""
         run.phase = new_state
-        run.phases_completed += 1
         run.save(update_fields=["status", "stop_reason", "phase", "phases_completed"])
         run_enqueue_after_commit(run.id)
         run_frame_send(run)
