@@ -8,12 +8,13 @@ import uuid
 import pytest
 from django.db import OperationalError, connection
 
-from ai_orchestration.autopilot.lease import Hold, LeaseHeartbeat, run_lease
+from ai_orchestration.autopilot.lease import Hold, LeaseHeartbeat, run_lease, work_item_lease
 from ai_orchestration.autopilot.runner import _claim
 from ai_orchestration.autopilot.services import autopilot_reap, autopilot_start
 from ai_orchestration.models import AIRun
-from tests.factories import workflow_for
-from workflows.services import Actor
+from tests.factories import evidence, workflow_for
+from workflows.services import Actor, work_item_start, workflow_phase_complete
+from workflows.work_items import work_item_release, work_items_claim
 
 INTERVAL, LEASE = 0.1, 0.6
 
@@ -173,3 +174,47 @@ def kill_backends_that_ran(fragment: str) -> int:
             [f"%{fragment}%"],
         )
         return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db
+def test_a_runs_renewal_sees_a_cancel_and_a_takeover(project, user):
+    workflow = workflow_for(project, user)
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    run = _claim(run.id, "worker-a")
+    renew = run_lease(run_id=run.id, token=run.lease_token, held_since=time.monotonic())._renew
+
+    assert renew() is Hold.HELD
+    AIRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    assert renew() is Hold.STOP
+    # the lease expired and the reaper gave the run to another worker
+    AIRun.objects.filter(pk=run.pk).update(
+        cancel_requested=False, lease_expires_at=run.lease_expires_at.replace(year=2000)
+    )
+    assert autopilot_reap() == [run.id]
+    assert renew() is Hold.TAKEN
+    taken = _claim(run.id, "worker-b")
+    assert taken.lease_token != run.lease_token
+    assert renew() is Hold.TAKEN
+
+
+@pytest.mark.django_db
+def test_a_work_items_renewal_sees_its_run_end_and_a_takeover(project, user):
+    workflow = workflow_for(project, user)
+    for phase in ("DISCOVERY", "PLANNING"):
+        workflow_phase_complete(
+            workflow_id=workflow.id, ai_response="", result=evidence(phase), actor=Actor.of(user)
+        )
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    [item_id, *_] = work_items_claim(workflow_id=workflow.id, limit=1, lease_seconds=30)
+    token = work_item_start(
+        workflow_id=workflow.id, item_id=item_id, worker_id="worker-a", actor=Actor.system()
+    )
+    lease = work_item_lease(
+        run_id=run.id, item_id=item_id, token=token, held_since=time.monotonic()
+    )
+
+    assert lease._renew() is Hold.HELD
+    AIRun.objects.filter(pk=run.pk).update(cancel_requested=True)
+    assert lease._renew() is Hold.STOP
+    assert work_item_release(item_id=item_id, lease_token=token)
+    assert lease._renew() is Hold.TAKEN
