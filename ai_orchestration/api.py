@@ -89,9 +89,17 @@ class WorkItemPromptApi(ApiView):
 class RunOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     workflow_id = serializers.UUIDField()
-    status = ChoiceField(choices=AIRun.Status.choices)
+    status = ChoiceField(
+        choices=AIRun.Status.choices,
+        help_text="queued, running, waiting (at an approval gate, or for work items other "
+        "workers hold), or how it ended: completed; failed (see error); cancelled; stopped "
+        "before its work was done (see stop_reason): at the budget cap, or a scope-phase "
+        "run whose phase the workflow left without it (completed elsewhere).",
+    )
     scope = ChoiceField(choices=AIRun.Scope.choices)
-    phase = serializers.CharField()
+    phase = serializers.CharField(
+        help_text="The phase being worked; for a scope-phase run, the phase it is for."
+    )
     provider = serializers.CharField()
     model = serializers.CharField()
     phases_completed = serializers.IntegerField()

@@ -18,7 +18,9 @@ class AIRun(models.Model):
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
-        STOPPED = "stopped"  # budget cap reached
+        # Ended before its work was done, for a reason in stop_reason: the budget cap, or
+        # (scope phase) its phase was completed elsewhere.
+        STOPPED = "stopped"
 
     class Scope(models.TextChoices):
         PHASE = "phase"
@@ -55,6 +57,12 @@ class AIRun(models.Model):
     stop_reason = models.CharField(max_length=200, blank=True)
     cancel_requested = models.BooleanField(default=False)
     worker_id = models.CharField(max_length=100, blank=True)
+    lease_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Issued anew by each claim; only its holder may complete the run's phase.",
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_by = models.ForeignKey(

@@ -790,6 +790,12 @@ class WorkItem(models.Model):
     )
     error = models.TextField(blank=True)
     worker_id = models.CharField(max_length=100, blank=True)
+    lease_token = models.UUIDField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Issued anew each time a worker takes it; only its holder may complete it.",
+    )
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -12,6 +12,7 @@ limit) is decided by `phase_outcome_decide`, a pure function of the evidence and
 project's settings.
 """
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -886,8 +887,11 @@ def _item_locked(workflow: Workflow, member_role: str | None, key: str) -> WorkI
     return item
 
 
-def work_item_start(*, workflow_id: Any, item_id: Any, worker_id: str, actor: Actor) -> bool:
-    """A worker takes a claimed item; its `work_item.started` event. False: not theirs."""
+def work_item_start(
+    *, workflow_id: Any, item_id: Any, worker_id: str, actor: Actor
+) -> uuid.UUID | None:
+    """A worker takes a claimed item; its `work_item.started` event. Returns the lease
+    token this take issues (the holder's proof for its later writes); None: not theirs."""
     from_claim = WorkItem.Status.RUNNING
     with transaction.atomic():
         workflow, _ = workflow_lock(workflow_id=workflow_id, actor=actor)
@@ -897,9 +901,10 @@ def work_item_start(*, workflow_id: Any, item_id: Any, worker_id: str, actor: Ac
             .first()
         )
         if item is None or workflow.state != State.IMPLEMENTATION:
-            return False
+            return None
         now = timezone.now()
         item.worker_id = worker_id
+        item.lease_token = uuid.uuid4()
         item.started_at = item.heartbeat_at = now
         item.attempt += 1
         item.executions += 1
@@ -912,7 +917,7 @@ def work_item_start(*, workflow_id: Any, item_id: Any, worker_id: str, actor: Ac
             attempt=item.attempt,
             worker=worker_id,
         )
-    return True
+    return item.lease_token
 
 
 def work_item_complete(
@@ -924,24 +929,27 @@ def work_item_complete(
     actor: Actor,
     usage: CallUsage | None = None,
     message: str = "",
-    worker_id: str | None = None,
+    lease_token: uuid.UUID | None = None,
 ) -> WorkItemCompleted:
     """Store an item's files (a change set within its declared files that passes the
     static checks) and mark it done; its dependents whose dependencies are all done
     become ready. The last item completes IMPLEMENTATION with the merged change set, in
     the same transaction, through `workflow_phase_complete`.
 
-    A worker (`worker_id`) completes only the item it holds; anyone else (the IDE) a
-    ready or running one."""
+    A worker completes only the item it holds: `lease_token` must be the item's current
+    token, checked under the item's row lock (a worker whose lease was taken over is
+    refused). Anyone else (the IDE) completes a ready or running one."""
     usage = usage or CallUsage()
     with transaction.atomic():
         workflow, member_role = workflow_lock(workflow_id=workflow_id, actor=actor)
         item = _item_locked(workflow, member_role, key)
-        holder_ok = item.worker_id == worker_id if worker_id is not None else True
+        holder_ok = lease_token is None or (
+            item.status == WorkItem.Status.RUNNING and item.lease_token == lease_token
+        )
         if item.status not in (WorkItem.Status.READY, WorkItem.Status.RUNNING) or not holder_ok:
             raise TransitionConflict(
                 f"work item {key} is {item.status}"
-                + (f" (held by {item.worker_id or 'nobody'})" if worker_id is not None else "")
+                + (" and no longer this worker's (lease taken over)" if not holder_ok else "")
                 + "; only a ready or running item can be completed",
                 current_state=workflow.state,
                 allowed=available_transitions(workflow, member_role),
@@ -954,6 +962,7 @@ def work_item_complete(
         item.ai_response = ai_response
         item.error = ""
         item.worker_id = ""
+        item.lease_token = None
         item.lease_expires_at = None
         item.finished_at = timezone.now()
         item.input_tokens += usage.input_tokens
@@ -1008,20 +1017,21 @@ def work_item_fail(
     *,
     workflow_id: Any,
     item_id: Any,
-    worker_id: str,
+    lease_token: uuid.UUID,
     error: str,
     actor: Actor,
     usage: CallUsage | None = None,
     final: bool,
 ) -> bool:
     """An attempt at the item failed: its `work_item.failed` event; the worker tries again
-    (the item stays its own) unless `final`, which fails the item. False: not theirs."""
+    (the item stays its own) unless `final`, which fails the item. False: not the
+    holder's (`lease_token` is not the item's current one)."""
     usage = usage or CallUsage()
     with transaction.atomic():
         workflow, _ = workflow_lock(workflow_id=workflow_id, actor=actor)
         item = (
             WorkItem.objects.select_for_update()
-            .filter(pk=item_id, status=WorkItem.Status.RUNNING, worker_id=worker_id)
+            .filter(pk=item_id, status=WorkItem.Status.RUNNING, lease_token=lease_token)
             .first()
         )
         if item is None:
@@ -1033,6 +1043,7 @@ def work_item_fail(
         if final:
             item.status = WorkItem.Status.FAILED
             item.worker_id = ""
+            item.lease_token = None
             item.lease_expires_at = None
             item.finished_at = timezone.now()
         else:

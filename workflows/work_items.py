@@ -80,7 +80,7 @@ def work_items_supersede(*, workflow: Workflow) -> None:
     """Retire the current plan's items: open ones are cancelled; all are kept."""
     current = WorkItem.objects.filter(workflow=workflow, superseded=False)
     current.filter(status__in=WorkItem.OPEN).update(
-        status=Status.CANCELLED, worker_id="", lease_expires_at=None
+        status=Status.CANCELLED, worker_id="", lease_token=None, lease_expires_at=None
     )
     current.update(superseded=True)
 
@@ -90,7 +90,11 @@ def work_items_cancel(*, workflow: Workflow) -> int:
     return WorkItem.objects.filter(
         workflow=workflow, superseded=False, status__in=WorkItem.OPEN
     ).update(
-        status=Status.CANCELLED, worker_id="", lease_expires_at=None, finished_at=timezone.now()
+        status=Status.CANCELLED,
+        worker_id="",
+        lease_token=None,
+        lease_expires_at=None,
+        finished_at=timezone.now(),
     )
 
 
@@ -125,6 +129,7 @@ def work_items_reset(*, workflow: Workflow, paths: set[str], feedback: str) -> l
         item.attempt = 0
         item.error = ""
         item.worker_id = ""
+        item.lease_token = None
         item.lease_expires_at = None
         item.started_at = item.finished_at = None
         item.input_tokens = item.output_tokens = 0
@@ -138,6 +143,7 @@ def work_items_reset(*, workflow: Workflow, paths: set[str], feedback: str) -> l
             "attempt",
             "error",
             "worker_id",
+            "lease_token",
             "lease_expires_at",
             "started_at",
             "finished_at",
@@ -163,6 +169,7 @@ def work_items_settle(*, workflow: Workflow, evidence: dict) -> None:
         item.result_sha256 = sha256_text(canonical_json(files))
         item.result_message = "completed with the whole change set"
         item.worker_id = ""
+        item.lease_token = None
         item.lease_expires_at = None
         item.finished_at = now
         item.save()
@@ -216,7 +223,8 @@ def work_items_claim(*, workflow_id: Any, limit: int, lease_seconds: int) -> lis
     """Claim ready items for workers, so that at most `limit` of the workflow's items
     run at once: under the workflow's row lock, count the running ones, then take the
     free slots' worth of ready items (`skip_locked`). A claimed item is `running` with a
-    lease and no worker until a worker takes it (`work_item_take`)."""
+    lease and no worker until a worker takes it (`services.work_item_start`, which
+    issues its lease token)."""
     with transaction.atomic():
         locked = Workflow.objects.select_for_update().filter(
             pk=workflow_id, state=State.IMPLEMENTATION, awaiting_approval=False
@@ -236,6 +244,7 @@ def work_items_claim(*, workflow_id: Any, limit: int, lease_seconds: int) -> lis
         WorkItem.objects.filter(pk__in=ids).update(
             status=Status.RUNNING,
             worker_id="",
+            lease_token=None,
             attempt=0,
             error="",
             lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
@@ -243,34 +252,21 @@ def work_items_claim(*, workflow_id: Any, limit: int, lease_seconds: int) -> lis
     return ids
 
 
-def work_item_take(*, item_id: Any, worker_id: str, lease_seconds: int) -> bool:
-    """A worker takes a claimed item (exactly one worker can)."""
+def work_item_renew(*, item_id: Any, lease_token: Any, lease_seconds: float) -> bool:
+    """Renew the lease of the item taken with `lease_token`; False: no longer the holder's."""
     now = timezone.now()
     return bool(
-        WorkItem.objects.filter(pk=item_id, status=Status.RUNNING, worker_id="").update(
-            worker_id=worker_id,
-            started_at=now,
-            heartbeat_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-        )
-    )
-
-
-def work_item_renew(*, item_id: Any, worker_id: str, lease_seconds: int) -> bool:
-    """Renew the lease of the item `worker_id` runs; False: it is no longer theirs."""
-    now = timezone.now()
-    return bool(
-        WorkItem.objects.filter(pk=item_id, status=Status.RUNNING, worker_id=worker_id).update(
+        WorkItem.objects.filter(pk=item_id, status=Status.RUNNING, lease_token=lease_token).update(
             heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds)
         )
     )
 
 
-def work_item_release(*, item_id: Any, worker_id: str) -> bool:
+def work_item_release(*, item_id: Any, lease_token: Any) -> bool:
     """Give a running item back (its run stopped): ready again, for anyone."""
     return bool(
-        WorkItem.objects.filter(pk=item_id, status=Status.RUNNING, worker_id=worker_id).update(
-            status=Status.READY, worker_id="", lease_expires_at=None
+        WorkItem.objects.filter(pk=item_id, status=Status.RUNNING, lease_token=lease_token).update(
+            status=Status.READY, worker_id="", lease_token=None, lease_expires_at=None
         )
     )
 
@@ -300,6 +296,7 @@ def work_items_reap(*, now: Any, max_recoveries: int) -> set[Any]:
                 item.status = Status.READY
                 workflows.add(item.workflow_id)
             item.worker_id = ""
+            item.lease_token = None
             item.lease_expires_at = None
             item.save()
     return workflows
@@ -309,4 +306,4 @@ def work_items_revive(*, workflow_id: Any) -> int:
     """Failed items get another round (a new run starts on the workflow)."""
     return WorkItem.objects.filter(
         Q(status=Status.FAILED), workflow_id=workflow_id, superseded=False
-    ).update(status=Status.READY, attempt=0, worker_id="", lease_expires_at=None)
+    ).update(status=Status.READY, attempt=0, worker_id="", lease_token=None, lease_expires_at=None)

@@ -8,7 +8,9 @@ approval gate (resumed by approve/reject), at the budget cap, on cancel, or at t
 
 - services.py: start, cancel, resume at a gate, stop with the workflow, the reaper.
 - tasks.py: the task on the queue.
-- runner.py: claim, heartbeat, working a phase, the model call loop.
+- runner.py: claim, working a phase (fenced by the lease token), the model call loop.
+- lease.py: the lease heartbeat shared by runs and work items, and the calls' cancel check.
+- items.py: IMPLEMENTATION item by item.
 - frames.py: `ai.run` and `ai.delta` frames.
 - selectors.py: reads of runs.
 """

@@ -8,6 +8,9 @@ builds the item's prompt (`context.work_item_prompt_build`), calls the model, an
 completes the item (`workflows.services.work_item_complete`: its files pass the static
 checks and stay within the item's files). A failed attempt is retried with the errors,
 after a backoff, up to TOPDOG_WORK_ITEM_MAX_ATTEMPTS; then the item and the run fail.
+Taking an item issues it a new lease token; the worker's writes on the item (complete,
+fail, release) need that token, so a worker whose lease was taken over is refused, and
+its call is cut when its heartbeat finds the lease lost (lease.py).
 The last item completes the phase with the merged change set. A worker that finishes an
 item takes the next ready one itself (no queue round trip between an item and its
 dependent); the reaper (`services.autopilot_reap`) gives an item whose worker died to
@@ -16,23 +19,29 @@ another.
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from rest_framework.exceptions import ValidationError
 
 from ai_orchestration.accounting import budget_stop_reason, calls_usage
 from ai_orchestration.autopilot.answers import parse_json
 from ai_orchestration.autopilot.frames import run_frame_send
+from ai_orchestration.autopilot.lease import (
+    LeaseHeartbeat,
+    StopCheck,
+    work_item_lease,
+    work_item_stop_check,
+)
 from ai_orchestration.autopilot.services import (
     WAITING_FOR_ITEMS,
     run_finish_by_id,
+    run_held,
     work_items_dispatch,
 )
 from ai_orchestration.context import work_item_prompt_build
@@ -58,11 +67,7 @@ from workflows.services import (
     work_item_start,
 )
 from workflows.states import State
-from workflows.work_items import (
-    work_item_release,
-    work_item_renew,
-    work_items_current,
-)
+from workflows.work_items import work_item_release, work_items_current
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +98,18 @@ def _claimed_untaken(workflow_id: Any) -> list[int]:
 
 
 def work_items_work(
-    *, run_id: Any, workflow_id: Any, worker_id: str, first: Any = None, on_progress: Any = None
+    *,
+    run_id: Any,
+    workflow_id: Any,
+    worker_id: str,
+    first: Any = None,
+    on_progress: Any = None,
+    should_stop: Any = None,
 ) -> None:
-    """Work items for the run until none is left to take: `first`, then whatever is
-    claimed and untaken, claiming what becomes ready on the way."""
+    """Work items for the run until none is left to take (or `should_stop()`): `first`,
+    then whatever is claimed and untaken, claiming what becomes ready on the way."""
     item_id = first
-    while _run_active(run_id):
+    while _run_active(run_id) and not (should_stop and should_stop()):
         if item_id is not None:
             _item_work(run_id, item_id, worker_id, on_progress)
         work_items_dispatch(run_id=run_id, workflow_id=workflow_id)
@@ -112,18 +123,23 @@ def _run_active(run_id: Any) -> bool:
     return AIRun.objects.filter(pk=run_id, status__in=AIRun.ACTIVE, cancel_requested=False).exists()
 
 
-def work_items_step(run: AIRun, worker_id: str, on_progress: Any = None) -> str:
+def work_items_step(run: AIRun, lease: LeaseHeartbeat, on_progress: Any = None) -> str:
     """A run's step in an IMPLEMENTATION that has work items: dispatch the ready ones and
     work what this worker can take. Returns "moved" when the phase was completed (by
     anyone), "waiting" when the run now waits for items other workers hold (the phase's
-    completion queues it again), "stopped" when the run ended."""
+    completion queues it again), "stopped" when the run ended or is no longer this
+    worker's (`lease`)."""
     work_items_work(
-        run_id=run.id, workflow_id=run.workflow_id, worker_id=worker_id, on_progress=on_progress
+        run_id=run.id,
+        workflow_id=run.workflow_id,
+        worker_id=run.worker_id,
+        on_progress=on_progress,
+        should_stop=lambda: lease.lost,
     )
     with transaction.atomic():
-        workflow = Workflow.objects.select_for_update().get(pk=run.workflow_id)
         current = AIRun.objects.select_for_update().get(pk=run.id)
-        if current.status != AIRun.Status.RUNNING or current.cancel_requested:
+        workflow = Workflow.objects.select_for_update().get(pk=run.workflow_id)
+        if not run_held(current, lease.token) or current.cancel_requested:
             return "stopped"
         if workflow.state != State.IMPLEMENTATION or workflow.awaiting_approval:
             return "moved"
@@ -136,11 +152,13 @@ def work_items_step(run: AIRun, worker_id: str, on_progress: Any = None) -> str:
             current.status = AIRun.Status.FAILED
             current.error = reason[:2000]
             current.worker_id = ""
+            current.lease_token = None
             current.save()
             transaction.on_commit(partial(run_frame_send, current))
             return "stopped"
         current.status = AIRun.Status.WAITING
         current.worker_id = ""
+        current.lease_token = None
         current.stop_reason = WAITING_FOR_ITEMS
         current.save()
         transaction.on_commit(partial(run_frame_send, current))
@@ -153,37 +171,41 @@ def work_items_step(run: AIRun, worker_id: str, on_progress: Any = None) -> str:
 def _item_work(run_id: Any, item_id: Any, worker_id: str, on_progress: Any) -> None:
     """Take the item and work it to done, or to failure after its tries."""
     item = WorkItem.objects.filter(pk=item_id).only("workflow_id").first()
-    if item is None or not work_item_start(
-        workflow_id=item.workflow_id, item_id=item_id, worker_id=worker_id, actor=AUTOPILOT
-    ):
-        return
-    heartbeat = _ItemHeartbeat(item_id, worker_id)
-    heartbeat.start()
-    try:
-        _item_tries(run_id, item_id, worker_id, heartbeat, on_progress)
-    except (OperationalError, InterfaceError):
-        # The database went away: the item's lease runs out and the reaper makes it ready.
-        logger.warning("work item %s: database unavailable; left to its lease", item_id)
-        raise
-    except Exception as exc:  # a bug must not leave the item running until its lease ends
-        logger.exception("work item %s failed", item_id)
-        work_item_fail(
-            workflow_id=item.workflow_id,
-            item_id=item_id,
-            worker_id=worker_id,
-            error=f"internal error: {type(exc).__name__}",
-            actor=AUTOPILOT,
-            final=True,
+    held_since = time.monotonic()  # the lease the take writes runs from a moment later
+    token = (
+        work_item_start(
+            workflow_id=item.workflow_id, item_id=item_id, worker_id=worker_id, actor=AUTOPILOT
         )
-        run_finish_by_id(run_id, AIRun.Status.FAILED, error=f"internal error: {exc}"[:500])
-    finally:
-        heartbeat.stop()
+        if item is not None
+        else None
+    )
+    if token is None:
+        return
+    with work_item_lease(
+        run_id=run_id, item_id=item_id, token=token, held_since=held_since
+    ) as lease:
+        try:
+            _item_tries(run_id, item_id, lease, on_progress)
+        except (OperationalError, InterfaceError):
+            # The database went away: the item's lease runs out and the reaper makes it ready.
+            logger.warning("work item %s: database unavailable; left to its lease", item_id)
+            raise
+        except Exception as exc:  # a bug must not leave the item running until its lease ends
+            logger.exception("work item %s failed", item_id)
+            kept = work_item_fail(
+                workflow_id=item.workflow_id,
+                item_id=item_id,
+                lease_token=token,
+                error=f"internal error: {type(exc).__name__}",
+                actor=AUTOPILOT,
+                final=True,
+            )
+            if kept:
+                run_finish_by_id(run_id, AIRun.Status.FAILED, error=f"internal error: {exc}"[:500])
 
 
-def _item_tries(
-    run_id: Any, item_id: Any, worker_id: str, heartbeat: "_ItemHeartbeat", on_progress: Any
-) -> None:
-    should_cancel = _ItemCancelCheck(run_id, item_id, worker_id, heartbeat)
+def _item_tries(run_id: Any, item_id: Any, lease: LeaseHeartbeat, on_progress: Any) -> None:
+    should_cancel = work_item_stop_check(run_id=run_id, item_id=item_id, lease=lease)
     # The run's model override, if any, as the runner's phases use it.
     run_model = AIRun.objects.filter(pk=run_id).values_list("model_name", flat=True).first()
     problems = ""
@@ -193,6 +215,8 @@ def _item_tries(
         calls: list[Completion] = []
         try:
             answer = _item_answer(item, problems, should_cancel, calls, run_model)
+            if lease.lost:  # the answer came as the lease went: another worker may have it
+                raise ProviderCancelled("the item's lease was lost", attempts=0)
             usage = calls_usage(calls, "") if calls else CallUsage()
             done = work_item_complete(
                 workflow_id=item.workflow_id,
@@ -202,31 +226,36 @@ def _item_tries(
                 message=answer["commit_message"],
                 actor=AUTOPILOT,
                 usage=usage,
-                worker_id=worker_id,
+                lease_token=lease.token,
             )
             _book(run_id, calls)
             _report(on_progress, done.item, "done", ", ".join(item.files))
             return
-        except ProviderCancelled:
-            _book(run_id, calls)
-            work_item_release(item_id=item_id, worker_id=worker_id)
+        except ProviderCancelled as exc:
+            _book(run_id, calls, failed_attempts=exc.attempts)
+            if lease.lost:
+                logger.warning("work item %s: lease lost; its result is discarded", item_id)
+            else:
+                work_item_release(item_id=item_id, lease_token=lease.token)
             return
         except _OverBudget as exc:
             # As for a phase: the run stops before a call that could exceed the budget.
-            work_item_release(item_id=item_id, worker_id=worker_id)
+            work_item_release(item_id=item_id, lease_token=lease.token)
             run_finish_by_id(run_id, AIRun.Status.STOPPED, stop_reason=str(exc))
             return
-        except (TransitionConflict, WorkflowNotFound):
+        except (TransitionConflict, WorkflowNotFound) as exc:
             # Taken from us (cancelled, reaped, superseded) or completed by someone else.
+            logger.info("work item %s: completion refused: %s", item_id, exc)
             _book(run_id, calls)
             return
         except (ValidationError, ProviderError) as exc:
-            _book(run_id, calls)
+            failed = exc.attempts if isinstance(exc, ProviderError) else 0
+            _book(run_id, calls, failed_attempts=failed)
             problems = _problems(exc)
-            if _item_failed(run_id, item, worker_id, problems, calls, on_progress):
+            if _item_failed(run_id, item, lease.token, problems, calls, on_progress):
                 return
             if _backoff(item.attempt, should_cancel):
-                work_item_release(item_id=item_id, worker_id=worker_id)
+                work_item_release(item_id=item_id, lease_token=lease.token)
                 return
 
 
@@ -237,7 +266,7 @@ class _OverBudget(Exception):
 def _item_answer(
     item: WorkItem,
     problems: str,
-    should_cancel: Any,
+    should_cancel: StopCheck,
     calls: list[Completion],
     run_model: str | None = "",
 ) -> dict:
@@ -301,7 +330,7 @@ def _problems(exc: Exception) -> str:
 def _item_failed(
     run_id: Any,
     item: WorkItem,
-    worker_id: str,
+    lease_token: Any,
     problems: str,
     calls: list[Completion],
     on_progress: Any,
@@ -311,7 +340,7 @@ def _item_failed(
     kept = work_item_fail(
         workflow_id=item.workflow_id,
         item_id=item.pk,
-        worker_id=worker_id,
+        lease_token=lease_token,
         error=problems,
         actor=AUTOPILOT,
         usage=calls_usage(calls, "") if calls else None,
@@ -338,13 +367,13 @@ def _backoff(attempt: int, should_cancel: Any) -> bool:
     return should_cancel()
 
 
-def _book(run_id: Any, calls: list[Completion]) -> None:
-    """Count an item's calls on its run."""
-    if not calls:
+def _book(run_id: Any, calls: list[Completion], *, failed_attempts: int = 0) -> None:
+    """Count an item's calls on its run (and attempts that produced nothing)."""
+    if not calls and not failed_attempts:
         return
-    usage = calls_usage(calls, "")
+    usage = calls_usage(calls, "") if calls else CallUsage()
     AIRun.objects.filter(pk=run_id).update(
-        attempts=F("attempts") + sum(c.attempts for c in calls),
+        attempts=F("attempts") + sum(c.attempts for c in calls) + failed_attempts,
         input_tokens=F("input_tokens") + usage.input_tokens,
         output_tokens=F("output_tokens") + usage.output_tokens,
         cost_usd=F("cost_usd") + usage.cost_usd,
@@ -354,59 +383,3 @@ def _book(run_id: Any, calls: list[Completion]) -> None:
 def _report(on_progress: Any, item: WorkItem, status: str, detail: str = "") -> None:
     if on_progress is not None:
         on_progress(ItemProgress(item.key, item.title, status, item.attempt, detail))
-
-
-# --- liveness ---------------------------------------------------------------------------
-
-
-class _ItemCancelCheck:
-    """should_cancel for an item's call: the item is no longer this worker's (cancelled,
-    reaped, completed elsewhere), or its run was cancelled or ended."""
-
-    INTERVAL = 0.5
-
-    def __init__(self, run_id: Any, item_id: Any, worker_id: str, heartbeat: Any) -> None:
-        self.run_id, self.item_id, self.worker_id = run_id, item_id, worker_id
-        self.heartbeat = heartbeat
-        self.checked = 0.0
-        self.cancelled = False
-
-    def __call__(self) -> bool:
-        if self.heartbeat.lost:
-            return True
-        now = time.monotonic()
-        if not self.cancelled and now - self.checked >= self.INTERVAL:
-            self.checked = now
-            mine = WorkItem.objects.filter(
-                pk=self.item_id, status=WorkItem.Status.RUNNING, worker_id=self.worker_id
-            ).exists()
-            self.cancelled = not mine or not _run_active(self.run_id)
-        return self.cancelled
-
-
-class _ItemHeartbeat(threading.Thread):
-    """Renews the item's lease while a worker works it; notices if it was taken."""
-
-    def __init__(self, item_id: Any, worker_id: str) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-item-{item_id}")
-        self.item_id = item_id
-        self.worker_id = worker_id
-        self.stopped = threading.Event()
-        self.lost = False
-
-    def run(self) -> None:
-        interval = settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS
-        lease = settings.TOPDOG_AUTOPILOT_LEASE_SECONDS
-        try:
-            while not self.stopped.wait(interval):
-                if not work_item_renew(
-                    item_id=self.item_id, worker_id=self.worker_id, lease_seconds=lease
-                ):
-                    self.lost = True
-                    return
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)

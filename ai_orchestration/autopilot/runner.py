@@ -1,11 +1,14 @@
 """Working a run: claim it, hold its lease with a heartbeat, and work the workflow's
 current phase (build the prompt, call the model, validate, complete the phase).
 
-Exactly-once: a step holds a lease on its run, renewed by a heartbeat thread; a run whose
-worker died is re-queued by the reaper once its lease expires. A phase is completed with
-`expected_state`, under the workflow row lock, in the same transaction that books the
-run's progress, so a late or duplicate worker gets a conflict instead of completing the
-phase twice.
+Exactly-once: a claim issues the run a new lease token, and a heartbeat thread renews
+the lease (lease.py); a run whose worker died is re-queued by the reaper once its lease
+expires. A worker that loses its lease has its model call cut within one heartbeat
+interval and discards the result (its usage is booked as failed attempts). A phase is
+completed only under the run's row lock with the run still holding the worker's token
+(fencing), with `expected_state` under the workflow's row lock, in the transaction that
+books the run's progress: a stale or duplicate worker is refused, never applied.
+Locks are taken run first, then workflow.
 """
 
 import json
@@ -14,13 +17,14 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
@@ -29,7 +33,8 @@ from ai_orchestration.accounting import budget_stop_reason, calls_usage
 from ai_orchestration.autopilot.answers import parse_json as _parse_json
 from ai_orchestration.autopilot.frames import DeltaBroadcaster, run_frame_send
 from ai_orchestration.autopilot.items import work_items_step
-from ai_orchestration.autopilot.services import run_finish, run_finish_by_id
+from ai_orchestration.autopilot.lease import LeaseHeartbeat, StopCheck, run_lease, run_stop_check
+from ai_orchestration.autopilot.services import run_finish_by_id, run_held
 from ai_orchestration.context import PromptRequest, prompt_request_build
 from ai_orchestration.models import AIRun
 from ai_orchestration.providers.base import (
@@ -92,27 +97,26 @@ class StepHooks:
 def autopilot_step(*, run_id: Any, worker_id: str, hooks: StepHooks | None = None) -> bool:
     """Claim the run and work the workflow's current phase. True: go on with the next."""
     hooks = hooks or StepHooks()
+    held_since = time.monotonic()  # the lease the claim writes runs from a moment later
     run = _claim(run_id, worker_id)
     if run is None:
         return False
-    heartbeat = _Heartbeat(run.id, worker_id)
-    heartbeat.start()
-    try:
-        return _work_phase(run, heartbeat, hooks)
-    except (OperationalError, InterfaceError):
-        # The database went away (a restart, a dropped connection): not the run's fault.
-        # Its lease runs out and the reaper re-queues it; the task worker starts again.
-        logger.warning("autopilot run %s: database unavailable; left to its lease", run.id)
-        raise
-    except Exception as exc:  # an unexpected bug must not leave the run "running"
-        logger.exception("autopilot run %s failed", run.id)
-        run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"internal error: {type(exc).__name__}")
-        return False
-    finally:
-        heartbeat.stop()
+    with run_lease(run_id=run.id, token=run.lease_token, held_since=held_since) as lease:
+        try:
+            return _work_phase(run, lease, hooks)
+        except (OperationalError, InterfaceError):
+            # The database went away (a restart, a dropped connection): not the run's
+            # fault. Its lease runs out and the reaper re-queues it; the worker restarts.
+            logger.warning("autopilot run %s: database unavailable; left to its lease", run.id)
+            raise
+        except Exception as exc:  # an unexpected bug must not leave the run "running"
+            logger.exception("autopilot run %s failed", run.id)
+            _finish(run, lease, AIRun.Status.FAILED, error=f"internal error: {type(exc).__name__}")
+            return False
 
 
 def _claim(run_id: Any, worker_id: str) -> AIRun | None:
+    """Take a queued run (or one whose worker's lease expired) with a new lease token."""
     now = timezone.now()
     with transaction.atomic():
         run = AIRun.objects.select_for_update().filter(pk=run_id).first()
@@ -127,6 +131,7 @@ def _claim(run_id: Any, worker_id: str) -> AIRun | None:
             return None
         run.status = AIRun.Status.RUNNING
         run.worker_id = worker_id
+        run.lease_token = uuid.uuid4()
         run.executions += 1
         run.heartbeat_at = now
         run.lease_expires_at = now + timedelta(seconds=settings.TOPDOG_AUTOPILOT_LEASE_SECONDS)
@@ -134,6 +139,15 @@ def _claim(run_id: Any, worker_id: str) -> AIRun | None:
         run.save()
         run_frame_send(run)
     return run
+
+
+def _finish(
+    run: AIRun, lease: LeaseHeartbeat, status: str, *, error: str = "", stop_reason: str = ""
+) -> bool:
+    """End the run as its lease holder (refused if the lease was taken over)."""
+    return run_finish_by_id(
+        run.id, status, error=error, stop_reason=stop_reason, lease_token=lease.token
+    )
 
 
 # --- one phase ------------------------------------------------------------------------------
@@ -148,18 +162,22 @@ class _PhaseCall:
     prompt: PromptRequest
 
 
-def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
+def _work_phase(run: AIRun, lease: LeaseHeartbeat, hooks: StepHooks) -> bool:
     workflow = Workflow.objects.select_related("project").get(pk=run.workflow_id)
     if workflow.is_terminal:
-        run_finish(run, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
+        _finish(run, lease, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
+        return False
+    scope_end = _phase_scope_end(run, workflow)
+    if scope_end is not None:
+        _finish(run, lease, scope_end[0], stop_reason=scope_end[1])
         return False
     if workflow.awaiting_approval:
-        _wait_at_gate(run, workflow)
+        _wait_at_gate(run, lease, workflow)
         return False
     phase, role = workflow.state, workflow.current_role
     if phase == State.IMPLEMENTATION and work_items_current(workflow_id=workflow.id).exists():
-        return _work_items_phase(run, heartbeat, hooks.on_progress)
-    should_cancel = _CancelCheck(run.id, heartbeat)
+        return _work_items_phase(run, lease, hooks.on_progress)
+    should_cancel = run_stop_check(run_id=run.id, lease=lease)
     check = None
     if phase == State.TESTING:
         # The auditor reviews a measured run: the change set's tests, run in the sandbox.
@@ -167,8 +185,7 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
             workflow=workflow, actor=AUTOPILOT, should_stop=should_cancel, on_output=hooks.on_output
         )
         if should_cancel():
-            if not heartbeat.lost:
-                run_finish_by_id(run.id, AIRun.Status.CANCELLED, stop_reason="cancelled")
+            _stopped_by(run, lease, "cancelled")
             return False
     call = _call_prepare(run, workflow, check)
     budget_stop = budget_stop_reason(
@@ -178,7 +195,7 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
         input_estimate=call.prompt.estimated_input_tokens,
     )
     if budget_stop:
-        run_finish(run, AIRun.Status.STOPPED, stop_reason=budget_stop)
+        _finish(run, lease, AIRun.Status.STOPPED, stop_reason=budget_stop)
         return False
     deltas = DeltaBroadcaster(
         workflow_id=workflow.id, run_id=run.id, phase=phase, role=role, on_frame=hooks.on_delta
@@ -187,28 +204,54 @@ def _work_phase(run: AIRun, heartbeat: "_Heartbeat", hooks: StepHooks) -> bool:
     evidence = _evidence_or_finish(run, workflow, call, deltas, should_cancel, calls)
     if evidence is None:
         return False
-    submitted = _phase_submit(run, workflow, check, evidence, calls, call.prompt)
+    submitted = _phase_submit(run, lease, workflow, check, evidence, calls, call.prompt)
     if submitted is None:
         return False
     run, new_state = submitted
     if new_state is not None and hooks.on_progress is not None:
         hooks.on_progress(StepProgress(run, phase, new_state, deltas.total_chars))
-    return _continue_or_stop(run)
+    return _continue_or_stop(run, lease)
 
 
-def _work_items_phase(run: AIRun, heartbeat: "_Heartbeat", on_progress: Any) -> bool:
+def _phase_scope_end(run: AIRun, workflow: Workflow) -> tuple[str, str] | None:
+    """How a `scope: phase` run ends before working anything: its phase was done (and
+    approved at a gate), or the workflow left that phase without it. None: work on."""
+    if run.scope != AIRun.Scope.PHASE:
+        return None
+    if run.phases_completed:
+        return AIRun.Status.COMPLETED, "phase done"
+    if workflow.state != run.phase:
+        return AIRun.Status.STOPPED, _moved_on(run.phase, workflow.state)
+    return None
+
+
+def _moved_on(phase: str, state: str) -> str:
+    return f"the run was for {phase}; the workflow moved on to {state} without it"
+
+
+def _stopped_by(run: AIRun, lease: LeaseHeartbeat, reason: str) -> None:
+    """The work stopped: a cancel request ends the run; a lost lease leaves it alone."""
+    if lease.lost:
+        logger.warning("run %s: lease lost; its work stopped, its result is discarded", run.id)
+    else:
+        _finish(run, lease, AIRun.Status.CANCELLED, stop_reason=reason)
+
+
+def _work_items_phase(run: AIRun, lease: LeaseHeartbeat, on_progress: Any) -> bool:
     """IMPLEMENTATION item by item (items.py); the run goes on once the phase is done."""
     work_items_revive(workflow_id=run.workflow_id)
-    if work_items_step(run, heartbeat.worker_id, on_progress) != "moved":
+    if work_items_step(run, lease, on_progress) != "moved":
         return False
     with transaction.atomic():
         run = AIRun.objects.select_for_update().get(pk=run.id)
+        if not run_held(run, lease.token):
+            return False
         run.phases_completed += 1
         run.phase = Workflow.objects.values_list("state", flat=True).get(pk=run.workflow_id)
         run.save(update_fields=["phases_completed", "phase"])
     if on_progress is not None:
         on_progress(StepProgress(run, State.IMPLEMENTATION, run.phase, 0))
-    return _continue_or_stop(run)
+    return _continue_or_stop(run, lease)
 
 
 def _call_prepare(run: AIRun, workflow: Workflow, check: CheckRun | None) -> _PhaseCall:
@@ -241,36 +284,45 @@ def _evidence_or_finish(
     workflow: Workflow,
     call: _PhaseCall,
     deltas: DeltaBroadcaster,
-    should_cancel: "_CancelCheck",
+    should_cancel: StopCheck,
     calls: list[Completion],
 ) -> dict | None:
-    """The model's valid evidence; None when the call ended the run (cancelled, failed)."""
+    """The model's valid evidence; None when the call ended the step (cancelled, lease
+    lost, failed)."""
     phase = workflow.state
+    lease = should_cancel.lease
     try:
-        return _evidence_from_model(
+        evidence = _evidence_from_model(
             call.provider, call.request, deltas, should_cancel, calls, verify=_verifier(workflow)
         )
     except ProviderCancelled as exc:
         _book_calls(run, calls, failed_attempts=exc.attempts)
-        if not should_cancel.heartbeat.lost:  # (a lost lease: another worker owns the run)
-            run_finish_by_id(
-                run.id, AIRun.Status.CANCELLED, stop_reason="cancelled during the call"
-            )
+        _stopped_by(run, lease, "cancelled during the call")
         return None
     except ProviderError as exc:
         _book_calls(run, calls, failed_attempts=exc.attempts)
-        run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"{phase}: {exc}")
+        _finish(run, lease, AIRun.Status.FAILED, error=f"{phase}: {exc}")
         return None
     except RepositoryUnavailable as exc:
         _book_calls(run, calls)
-        run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"{phase}: {exc}")
+        _finish(run, lease, AIRun.Status.FAILED, error=f"{phase}: {exc}")
         return None
     finally:
         deltas.flush()
+    if lease.lost:  # the answer came as the lease went: another worker may be on it
+        _book_calls(run, calls)
+        _stopped_by(run, lease, "")
+        return None
+    return evidence
+
+
+class LeaseLost(Exception):
+    """The run is no longer this worker's: its completion is refused."""
 
 
 def _phase_submit(
     run: AIRun,
+    lease: LeaseHeartbeat,
     workflow: Workflow,
     check: CheckRun | None,
     evidence: dict,
@@ -279,7 +331,8 @@ def _phase_submit(
 ) -> tuple[AIRun, str | None] | None:
     """Complete the phase with the evidence and book the run's progress with it. Returns
     the run and the new state (None if someone else completed the phase first), or None
-    when the run ended (a failed release)."""
+    when the step ended (a failed release, a lost lease, a scope-phase run whose phase
+    was completed elsewhere)."""
     phase = workflow.state
     final = calls[-1]
     usage = calls_usage(calls, prompt.prompt_version)
@@ -292,21 +345,32 @@ def _phase_submit(
             evidence, summary = release_make(workflow=workflow)
         except ReleaseFailed as exc:
             _book_calls(run, calls)
-            run_finish_by_id(run.id, AIRun.Status.FAILED, error=f"DEPLOYMENT: {exc}")
+            _finish(run, lease, AIRun.Status.FAILED, error=f"DEPLOYMENT: {exc}")
             return None
         ai_response = f"{final.content}\n\n{summary}"
     try:
-        return _phase_complete_and_book(run, workflow, phase, ai_response, evidence, calls, usage)
+        return _phase_complete_and_book(
+            run, lease, workflow, phase, ai_response, evidence, calls, usage
+        )
+    except LeaseLost as exc:
+        logger.warning("run %s: %s; its %s result is discarded", run.id, exc, phase)
+        _book_calls(run, calls)
+        return None
     except TransitionConflict:
         # Someone (a person, or a duplicate worker) completed this phase first.
-        logger.info("run %s: %s was completed elsewhere; moving on", run.id, phase)
-        run.refresh_from_db()
+        logger.info("run %s: %s was completed elsewhere", run.id, phase)
         _book_calls(run, calls)
+        run.refresh_from_db()
+        if run.scope == AIRun.Scope.PHASE:
+            state = Workflow.objects.values_list("state", flat=True).get(pk=workflow.id)
+            _finish(run, lease, AIRun.Status.STOPPED, stop_reason=_moved_on(phase, state))
+            return None
         return run, None
 
 
 def _phase_complete_and_book(
     run: AIRun,
+    lease: LeaseHeartbeat,
     workflow: Workflow,
     phase: str,
     ai_response: str,
@@ -315,8 +379,15 @@ def _phase_complete_and_book(
     usage: CallUsage,
 ) -> tuple[AIRun, str]:
     """Complete the phase and book the run's progress: in one transaction, never one
-    without the other."""
+    without the other, and only while the run is still held with this worker's lease
+    token (checked under the run's row lock, held until the commit)."""
     with transaction.atomic():
+        run = AIRun.objects.select_for_update().get(pk=run.id)
+        if not run_held(run, lease.token):
+            raise LeaseLost(
+                f"a stale worker's completion was refused (the run is {run.status}, "
+                "its lease taken over)"
+            )
         outcome = workflow_phase_complete(
             workflow_id=workflow.id,
             ai_response=ai_response,
@@ -325,7 +396,6 @@ def _phase_complete_and_book(
             expected_state=phase,
             usage=usage,
         )
-        run = AIRun.objects.select_for_update().get(pk=run.id)
         _add_usage(run, calls, usage)
         run.phases_completed += 1
         run.phase = outcome.workflow.state
@@ -333,26 +403,26 @@ def _phase_complete_and_book(
     return run, outcome.workflow.state
 
 
-def _continue_or_stop(run: AIRun) -> bool:
+def _continue_or_stop(run: AIRun, lease: LeaseHeartbeat) -> bool:
     run.refresh_from_db()
     workflow = Workflow.objects.get(pk=run.workflow_id)
     if run.cancel_requested:
-        run_finish(run, AIRun.Status.CANCELLED, stop_reason="cancelled")
+        _finish(run, lease, AIRun.Status.CANCELLED, stop_reason="cancelled")
         return False
     if workflow.is_terminal:
-        run_finish(run, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
+        _finish(run, lease, _status_for_end(workflow), stop_reason=f"workflow is {workflow.state}")
         return False
     if workflow.awaiting_approval:
-        _wait_at_gate(run, workflow)
+        _wait_at_gate(run, lease, workflow)
         return False
     if run.scope == AIRun.Scope.PHASE:
-        run_finish(run, AIRun.Status.COMPLETED, stop_reason="phase done")
+        _finish(run, lease, AIRun.Status.COMPLETED, stop_reason="phase done")
         return False
     with transaction.atomic():
-        AIRun.objects.filter(pk=run.pk, status=AIRun.Status.RUNNING).update(
-            status=AIRun.Status.QUEUED, worker_id=""
-        )
-    return True
+        requeued = AIRun.objects.filter(
+            pk=run.pk, status=AIRun.Status.RUNNING, lease_token=lease.token
+        ).update(status=AIRun.Status.QUEUED, worker_id="", lease_token=None)
+    return bool(requeued)
 
 
 def _status_for_end(workflow: Workflow) -> str:
@@ -362,15 +432,19 @@ def _status_for_end(workflow: Workflow) -> str:
     }.get(workflow.state, AIRun.Status.CANCELLED)
 
 
-def _wait_at_gate(run: AIRun, workflow: Workflow) -> None:
-    AIRun.objects.filter(pk=run.pk).update(
+def _wait_at_gate(run: AIRun, lease: LeaseHeartbeat, workflow: Workflow) -> None:
+    waiting = AIRun.objects.filter(
+        pk=run.pk, status=AIRun.Status.RUNNING, lease_token=lease.token
+    ).update(
         status=AIRun.Status.WAITING,
         worker_id="",
+        lease_token=None,
         phase=workflow.state,
         stop_reason=f"waiting for approval of {workflow.state}",
     )
-    run.refresh_from_db()
-    run_frame_send(run)
+    if waiting:
+        run.refresh_from_db()
+        run_frame_send(run)
 
 
 # --- the model call loop ----------------------------------------------------------------
@@ -457,57 +531,3 @@ def _book_calls(run: AIRun, calls: list[Completion], *, failed_attempts: int = 0
         output_tokens=F("output_tokens") + usage.output_tokens,
         cost_usd=F("cost_usd") + usage.cost_usd,
     )
-
-
-# --- liveness -----------------------------------------------------------------------------
-
-
-class _CancelCheck:
-    """should_cancel for providers: a cancel request, or a lost lease, stops the call."""
-
-    INTERVAL = 0.5
-
-    def __init__(self, run_id: Any, heartbeat: "_Heartbeat") -> None:
-        self.run_id = run_id
-        self.heartbeat = heartbeat
-        self.checked = 0.0
-        self.cancelled = False
-
-    def __call__(self) -> bool:
-        if self.heartbeat.lost:
-            return True
-        now = time.monotonic()
-        if not self.cancelled and now - self.checked >= self.INTERVAL:
-            self.checked = now
-            self.cancelled = AIRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
-        return self.cancelled
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the run's lease while the step works; notices if the lease was taken."""
-
-    def __init__(self, run_id: Any, worker_id: str) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{run_id}")
-        self.run_id = run_id
-        self.worker_id = worker_id
-        self.stopped = threading.Event()
-        self.lost = False
-
-    def run(self) -> None:
-        interval = settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS
-        lease = timedelta(seconds=settings.TOPDOG_AUTOPILOT_LEASE_SECONDS)
-        try:
-            while not self.stopped.wait(interval):
-                now = timezone.now()
-                renewed = AIRun.objects.filter(
-                    pk=self.run_id, worker_id=self.worker_id, status=AIRun.Status.RUNNING
-                ).update(heartbeat_at=now, lease_expires_at=now + lease)
-                if not renewed:
-                    self.lost = True
-                    return
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)

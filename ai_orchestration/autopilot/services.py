@@ -6,6 +6,7 @@ commit (`frames.run_frame_send`), and so does the task that works the run's next
 """
 
 import logging
+import uuid
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -110,6 +111,10 @@ def autopilot_resume_after_approval(*, workflow_id: Any) -> None:
         )
         if run is None:
             return
+        if run.scope == AIRun.Scope.PHASE and run.phases_completed:
+            # Its phase was done and waited for the gate: the run works no other.
+            run_finish(run, AIRun.Status.COMPLETED, stop_reason="phase done")
+            return
         run.status = AIRun.Status.QUEUED
         run.stop_reason = ""
         run.save(update_fields=["status", "stop_reason"])
@@ -156,10 +161,13 @@ def autopilot_resume_after_items(*, workflow_id: Any, new_state: str) -> None:
         )
         if run is None:
             return
+        run.phases_completed += 1
+        if run.scope == AIRun.Scope.PHASE:  # its phase is done; it works no other
+            run_finish(run, AIRun.Status.COMPLETED, stop_reason="phase done")
+            return
         run.status = AIRun.Status.QUEUED
         run.stop_reason = ""
         run.phase = new_state
-        run.phases_completed += 1
         run.save(update_fields=["status", "stop_reason", "phase", "phases_completed"])
         run_enqueue_after_commit(run.id)
         run_frame_send(run)
@@ -273,28 +281,53 @@ def _run_reap(*, run_id: Any, now: Any) -> bool:
         logger.warning("run %s lost its worker %s; re-queueing", run.id, run.worker_id)
         run.status = AIRun.Status.QUEUED
         run.worker_id = ""
+        run.lease_token = None  # the old holder is fenced off from here on
         run.recoveries += 1
-        run.save(update_fields=["status", "worker_id", "recoveries"])
+        run.save(update_fields=["status", "worker_id", "lease_token", "recoveries"])
         run_enqueue_after_commit(run.id)
         return True
 
 
 def run_finish(run: AIRun, status: str, *, error: str = "", stop_reason: str = "") -> None:
-    """End `run` (locked by the caller, or only its own worker's) with `status`."""
+    """End `run` (locked by the caller) with `status`."""
     run.status = status
     run.error = error or run.error
-    run.stop_reason = stop_reason or run.stop_reason
+    run.stop_reason = (stop_reason or run.stop_reason)[:200]
     run.finished_at = timezone.now()
     run.worker_id = ""
+    run.lease_token = None
     run.save()
     run_frame_send(run)
 
 
-def run_finish_by_id(run_id: Any, status: str, *, error: str = "", stop_reason: str = "") -> None:
-    """Lock the run and end it with `status`."""
+def run_finish_by_id(
+    run_id: Any,
+    status: str,
+    *,
+    error: str = "",
+    stop_reason: str = "",
+    lease_token: uuid.UUID | None = None,
+) -> bool:
+    """Lock the run and end it with `status`. A worker passes its `lease_token`: a run
+    that is no longer its own (re-queued, taken by another worker, ended) is left alone.
+    False when refused."""
     with transaction.atomic():
         run = AIRun.objects.select_for_update().get(pk=run_id)
+        if lease_token is not None and not run_held(run, lease_token):
+            logger.warning(
+                "run %s: a stale worker's %s was refused (the run is %s, lease taken over)",
+                run.id,
+                status,
+                run.status,
+            )
+            return False
         run_finish(run, status, error=error, stop_reason=stop_reason)
+    return True
+
+
+def run_held(run: AIRun, lease_token: uuid.UUID) -> bool:
+    """`run` (read under its row lock) is running under the lease `lease_token`."""
+    return run.status == AIRun.Status.RUNNING and run.lease_token == lease_token
 
 
 def run_enqueue_after_commit(run_id: Any) -> None:

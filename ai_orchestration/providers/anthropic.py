@@ -25,6 +25,11 @@ from ai_orchestration.providers.base import (
     ProviderStreamCut,
     Usage,
 )
+from ai_orchestration.providers.cancel import (
+    CONNECT_TIMEOUT_SECONDS,
+    ConnectionTracker,
+    abort_when,
+)
 from ai_orchestration.providers.vendor_errors import (
     VendorContext,
     error_for_connection,
@@ -87,51 +92,60 @@ class AnthropicProvider(Provider):
         stop_reason: str | None = None
         finished = False
         failure: ProviderError | None = None
-        try:
-            stream = client.messages.create(**arguments, stream=True, timeout=timeout)
-            with stream:
-                for event in stream:
-                    if should_cancel():
-                        raise ProviderCancelled(f"{self.name}: cancelled while streaming")
-                    kind = event.type
-                    if kind == "message_start":
-                        usage = event.message.usage
-                        input_tokens = _input_tokens(usage)
-                        output_tokens = usage.output_tokens
-                    elif kind == "content_block_start":
-                        if event.content_block.type == "tool_use":
-                            tool_seen = True
-                    elif kind == "content_block_delta":
-                        delta = event.delta
-                        if delta.type == "text_delta" and delta.text:
-                            text.append(delta.text)
-                            if not json_mode:
-                                on_delta(delta.text)
-                        elif delta.type == "input_json_delta" and delta.partial_json:
-                            tool_input.append(delta.partial_json)
-                            on_delta(delta.partial_json)
-                    elif kind == "message_delta":
-                        stop_reason = event.delta.stop_reason or stop_reason
-                        if event.usage.output_tokens is not None:
-                            output_tokens = event.usage.output_tokens
-                        if event.usage.input_tokens is not None:
-                            input_tokens = _input_tokens(event.usage)
-                    elif kind == "message_stop":
-                        finished = True
-                    if time.monotonic() > give_up_at:
-                        raise error_for_timeout(ctx, timeout)
-        # Errors are built in the handlers and raised below, so that the SDK's error
-        # (whose text may quote the request) is not kept as the ProviderError's context.
-        except anthropic.APIError as exc:
-            failure = self._error(exc, ctx, timeout)
-        except httpx2.TimeoutException:
-            failure = error_for_timeout(ctx, timeout)
-        except httpx2.TransportError:
-            failure = ProviderStreamCut(
-                f"{self.name}: the connection dropped while the answer was streaming"
-            )
-        if failure is not None:
-            raise failure
+        # A read blocked on the socket (no headers yet, or a stalled stream) is cut by
+        # the cancel watcher as soon as should_cancel() turns true (cancel.py).
+        with abort_when(should_cancel, self._connections.abort):
+            try:
+                stream = client.messages.create(
+                    **arguments,
+                    stream=True,
+                    timeout=anthropic.Timeout(
+                        timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)
+                    ),
+                )
+                with stream:
+                    for event in stream:
+                        if should_cancel():
+                            raise ProviderCancelled(f"{self.name}: cancelled while streaming")
+                        kind = event.type
+                        if kind == "message_start":
+                            usage = event.message.usage
+                            input_tokens = _input_tokens(usage)
+                            output_tokens = usage.output_tokens
+                        elif kind == "content_block_start":
+                            if event.content_block.type == "tool_use":
+                                tool_seen = True
+                        elif kind == "content_block_delta":
+                            delta = event.delta
+                            if delta.type == "text_delta" and delta.text:
+                                text.append(delta.text)
+                                if not json_mode:
+                                    on_delta(delta.text)
+                            elif delta.type == "input_json_delta" and delta.partial_json:
+                                tool_input.append(delta.partial_json)
+                                on_delta(delta.partial_json)
+                        elif kind == "message_delta":
+                            stop_reason = event.delta.stop_reason or stop_reason
+                            if event.usage.output_tokens is not None:
+                                output_tokens = event.usage.output_tokens
+                            if event.usage.input_tokens is not None:
+                                input_tokens = _input_tokens(event.usage)
+                        elif kind == "message_stop":
+                            finished = True
+                        if time.monotonic() > give_up_at:
+                            raise error_for_timeout(ctx, timeout)
+            # Errors are built in the handlers and raised below, so that the SDK's error
+            # (whose text may quote the request) is not kept as the ProviderError's context.
+            except anthropic.APIError as exc:
+                failure = self._error(exc, ctx, timeout)
+            except httpx2.TimeoutException:
+                failure = error_for_timeout(ctx, timeout)
+            except httpx2.TransportError:
+                failure = ProviderStreamCut(
+                    f"{self.name}: the connection dropped while the answer was streaming"
+                )
+            if failure is not None:
+                raise failure
 
         if not finished:
             raise ProviderStreamCut(f"{self.name}: the response stream ended before message_stop")
@@ -165,7 +179,14 @@ class AnthropicProvider(Provider):
             base_url=self.base_url or ANTHROPIC_BASE_URL,
             max_retries=0,
             timeout=self.timeout,
+            http_client=anthropic.DefaultHttpxClient(
+                event_hooks={"request": [self._connections.on_request]}
+            ),
         )
+
+    @cached_property
+    def _connections(self) -> ConnectionTracker:
+        return ConnectionTracker()
 
     def _context(self, request: ChatRequest) -> VendorContext:
         return VendorContext(

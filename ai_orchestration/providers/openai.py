@@ -26,6 +26,11 @@ from ai_orchestration.providers.base import (
     ProviderStreamCut,
     Usage,
 )
+from ai_orchestration.providers.cancel import (
+    CONNECT_TIMEOUT_SECONDS,
+    ConnectionTracker,
+    abort_when,
+)
 from ai_orchestration.providers.vendor_errors import (
     VendorContext,
     error_for_connection,
@@ -66,36 +71,41 @@ class OpenAIProvider(Provider):
         usage = None
         opened = False
         failure: ProviderError | None = None
-        try:
-            stream = client.chat.completions.create(
-                **self._create_arguments(request), stream=True, timeout=timeout
-            )
-            opened = True
-            with stream:
-                for chunk in stream:
-                    if should_cancel():
-                        raise ProviderCancelled(f"{self.name}: cancelled while streaming")
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        delta = choice.delta
-                        if delta is not None and delta.content:
-                            parts.append(delta.content)
-                            on_delta(delta.content)
-                        if delta is not None and delta.refusal:
-                            refusal.append(delta.refusal)
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
-                    if time.monotonic() > give_up_at:
-                        raise error_for_timeout(ctx, timeout)
-        except openai.APIError as exc:
-            # Built here, raised below: the SDK's error (whose text may quote the key
-            # back) must not ride along as the ProviderError's __context__.
-            failure = self._error(exc, ctx, timeout, streaming=opened)
-        if failure is not None:
-            raise failure
+        # A read blocked on the socket (no headers yet, or a stalled stream) is cut by
+        # the cancel watcher as soon as should_cancel() turns true (cancel.py).
+        with abort_when(should_cancel, self._connections.abort):
+            try:
+                stream = client.chat.completions.create(
+                    **self._create_arguments(request),
+                    stream=True,
+                    timeout=openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+                )
+                opened = True
+                with stream:
+                    for chunk in stream:
+                        if should_cancel():
+                            raise ProviderCancelled(f"{self.name}: cancelled while streaming")
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        for choice in chunk.choices:
+                            if choice.index != 0:
+                                continue
+                            delta = choice.delta
+                            if delta is not None and delta.content:
+                                parts.append(delta.content)
+                                on_delta(delta.content)
+                            if delta is not None and delta.refusal:
+                                refusal.append(delta.refusal)
+                            if choice.finish_reason:
+                                finish_reason = choice.finish_reason
+                        if time.monotonic() > give_up_at:
+                            raise error_for_timeout(ctx, timeout)
+            except openai.APIError as exc:
+                # Built here, raised below: the SDK's error (whose text may quote the key
+                # back) must not ride along as the ProviderError's __context__.
+                failure = self._error(exc, ctx, timeout, streaming=opened)
+            if failure is not None:
+                raise failure
 
         if finish_reason is None:
             raise ProviderStreamCut(
@@ -127,7 +137,14 @@ class OpenAIProvider(Provider):
             base_url=self.base_url or self.default_base_url,
             max_retries=0,
             timeout=self.timeout,
+            http_client=openai.DefaultHttpxClient(
+                event_hooks={"request": [self._connections.on_request]}
+            ),
         )
+
+    @cached_property
+    def _connections(self) -> ConnectionTracker:
+        return ConnectionTracker()
 
     def _require_configuration(self) -> None:
         if not self.api_key:

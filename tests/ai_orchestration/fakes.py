@@ -14,11 +14,17 @@ the request, never answer), `cut_after(n)` (send n content chunks, then drop the
 connection, or end the body cleanly without the end marker with `clean=True`),
 `stream_error(n)` (n chunks, then the vendor's in-stream error). When the script is
 empty the server answers `ok()` with its default text.
+
+Each request's exchange is timed on the server (`exchanges`): from the moment it was
+read until the answer was sent or the client hung up (a hanging or pausing answer
+watches for the client going away), so `peak_live(label)` says how many calls of one
+kind (for OpenAI, the JSON schema's name, i.e. the phase) were ever live at once.
 """
 
 import itertools
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -114,6 +120,16 @@ class RecordedRequest:
         return self.headers.get(name.lower())
 
 
+@dataclass
+class Exchange:
+    """One request as the server lived it: read at `started`, over at `ended`."""
+
+    label: str | None
+    started: float
+    ended: float | None = None
+    hung_up: bool = False  # the client went away before the answer was complete
+
+
 class _Closed(Exception):
     """The client went away while we were writing."""
 
@@ -156,6 +172,7 @@ class FakeLLMServer:
     def __init__(self, *, default_text: str = DEFAULT_TEXT) -> None:
         self.default = ok(default_text)
         self.requests: list[RecordedRequest] = []
+        self.exchanges: list[Exchange] = []
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -182,6 +199,25 @@ class FakeLLMServer:
     @property
     def last(self) -> RecordedRequest:
         return self.requests[-1]
+
+    def peak_live(self, label: str | None = None) -> int:
+        """The most exchanges (with `label`, if given) that were live at one moment."""
+        with self._lock:
+            spans = [
+                (e.started, e.ended if e.ended is not None else float("inf"))
+                for e in self.exchanges
+                if label is None or e.label == label
+            ]
+        moments = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+        live = peak = 0
+        for _, step in moments:  # at a tie an end (-1) sorts first: touching is not overlapping
+            live += step
+            peak = max(peak, live)
+        return peak
+
+    def label(self, body: Any) -> str | None:
+        """What kind of call a request is, for `peak_live` (vendor specific)."""
+        return None
 
     def close(self) -> None:
         self._released.set()
@@ -220,27 +256,50 @@ class FakeLLMServer:
         if handler.command != "POST" or handler.path.split("?")[0] != self.path:
             self._send_json(handler, 404, self.error_body(404, f"no route {handler.path}"))
             return
-        behaviour = self._next()
+        exchange = Exchange(self.label(body), time.monotonic())
+        with self._lock:
+            self.exchanges.append(exchange)
         try:
-            if behaviour.kind == "hang":
-                self._released.wait(behaviour.seconds)
-                handler.close_connection = True
-                return
-            if behaviour.kind == "status":
-                body = (
-                    behaviour.body
-                    if behaviour.body is not None
-                    else self.error_body(behaviour.status, self.error_message(behaviour, body))
-                )
-                self._send_json(handler, behaviour.status, body, behaviour.headers)
-                return
-            request = body if isinstance(body, dict) else {}
-            if request.get("stream"):
-                self._stream(handler, request, behaviour)
-            else:
-                self._send_json(handler, 200, self.complete_body(request, behaviour))
+            self._answer(handler, body)
         except (_Closed, OSError):
+            exchange.hung_up = True
             handler.close_connection = True
+        finally:
+            exchange.ended = time.monotonic()
+
+    def _answer(self, handler: _Handler, body: Any) -> None:
+        behaviour = self._next()
+        if behaviour.kind == "hang":
+            if self._pause(handler, behaviour.seconds):
+                raise _Closed
+            handler.close_connection = True
+            return
+        if behaviour.kind == "status":
+            body = (
+                behaviour.body
+                if behaviour.body is not None
+                else self.error_body(behaviour.status, self.error_message(behaviour, body))
+            )
+            self._send_json(handler, behaviour.status, body, behaviour.headers)
+            return
+        request = body if isinstance(body, dict) else {}
+        if request.get("stream"):
+            self._stream(handler, request, behaviour)
+        else:
+            self._send_json(handler, 200, self.complete_body(request, behaviour))
+
+    def _pause(self, handler: _Handler, seconds: float) -> bool:
+        """Wait `seconds` (less if the server closes); True if the client hung up."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._released.is_set():
+            readable, _, _ = select.select([handler.connection], [], [], 0.02)
+            if readable:
+                try:
+                    if handler.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+        return False
 
     def _send_json(self, handler: _Handler, code: int, body: Any, headers: dict | None = None):
         data = json.dumps(body).encode() if not isinstance(body, bytes | str) else body
@@ -274,8 +333,8 @@ class FakeLLMServer:
                 return
             data = frame.encode()
             self._write(handler, f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            if behaviour.chunk_delay:
-                time.sleep(behaviour.chunk_delay)
+            if behaviour.chunk_delay and self._pause(handler, behaviour.chunk_delay):
+                raise _Closed
         self._write(handler, b"0\r\n\r\n")
 
     @staticmethod
@@ -349,6 +408,11 @@ class FakeOpenAI(FakeLLMServer):
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def label(self, body: Any) -> str | None:
+        """The answer's JSON schema name: `<phase>_evidence` for the autopilot's calls."""
+        response_format = (body or {}).get("response_format") or {}
+        return (response_format.get("json_schema") or {}).get("name")
 
     def error_body(self, code: int, message: str) -> dict:
         kind, code_name = _OPENAI_ERRORS.get(code, ("server_error", None))

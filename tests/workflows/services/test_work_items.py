@@ -1,8 +1,10 @@
 """Work items in the core: the graph's order, the plan as rows, what sends items back."""
 
 import random
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from tests.factories import evidence, workflow_for
@@ -17,11 +19,19 @@ from workflows.models import Workflow, WorkflowEvent, WorkItem
 from workflows.services import (
     Actor,
     work_item_complete,
+    work_item_fail,
+    work_item_start,
     workflow_cancel,
     workflow_phase_complete,
     workflow_regress,
 )
-from workflows.work_items import work_items_current
+from workflows.work_items import (
+    work_item_release,
+    work_item_renew,
+    work_items_claim,
+    work_items_current,
+    work_items_reap,
+)
 
 # --- the graph, property style on seeded random DAGs -----------------------------------
 
@@ -350,3 +360,75 @@ def test_cancel_leaves_no_open_item(project, user):
         "D": "cancelled",
     }
     assert Workflow.objects.get(pk=workflow.pk).state == "CANCELLED"
+
+
+# --- fencing: each take issues a lease token; only its holder writes -------------------
+
+
+def take(workflow, key, worker):
+    """Claim the item (as a dispatcher would) and take it as `worker`: its lease token."""
+    item = WorkItem.objects.get(workflow=workflow, key=key, superseded=False)
+    work_items_claim(workflow_id=workflow.id, limit=10, lease_seconds=30)
+    return work_item_start(
+        workflow_id=workflow.id, item_id=item.pk, worker_id=worker, actor=Actor.system()
+    )
+
+
+def test_a_worker_whose_item_was_taken_over_is_refused(project, user):
+    # given worker A took item A, lost it (its lease expired, the reaper gave it back),
+    # and worker B took it again
+    workflow = at_implementation(project, user)
+    stale = take(workflow, "A", "worker-a")
+    WorkItem.objects.filter(workflow=workflow, key="A").update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert work_items_reap(now=timezone.now(), max_recoveries=3) == {workflow.id}
+    current = take(workflow, "A", "worker-b")
+    assert current is not None and current != stale
+
+    # when A (stale) completes, fails, renews or releases it, every write is refused
+    with pytest.raises(TransitionConflict, match="lease taken over"):
+        work_item_complete(
+            workflow_id=workflow.id,
+            key="A",
+            ai_response="stale",
+            files=item_files("src/a.py"),
+            actor=Actor.system(),
+            lease_token=stale,
+        )
+    item_id = WorkItem.objects.get(workflow=workflow, key="A", superseded=False).pk
+    assert not work_item_fail(
+        workflow_id=workflow.id,
+        item_id=item_id,
+        lease_token=stale,
+        error="x",
+        actor=Actor.system(),
+        final=True,
+    )
+    assert not work_item_renew(item_id=item_id, lease_token=stale, lease_seconds=30)
+    assert not work_item_release(item_id=item_id, lease_token=stale)
+
+    # then B, the holder, completes it
+    work_item_complete(
+        workflow_id=workflow.id,
+        key="A",
+        ai_response="current",
+        files=item_files("src/a.py"),
+        actor=Actor.system(),
+        lease_token=current,
+    )
+    done = WorkItem.objects.get(pk=item_id)
+    assert (done.status, done.ai_response, done.lease_token) == ("done", "current", None)
+
+
+def test_the_same_worker_taking_an_item_again_gets_a_new_token(project, user):
+    workflow = at_implementation(project, user)
+    first = take(workflow, "A", "same-worker")
+    item = WorkItem.objects.get(workflow=workflow, key="A", superseded=False)
+    assert work_item_release(item_id=item.pk, lease_token=first)
+
+    second = take(workflow, "A", "same-worker")
+
+    assert second is not None and second != first
+    assert not work_item_renew(item_id=item.pk, lease_token=first, lease_seconds=30)
+    assert work_item_renew(item_id=item.pk, lease_token=second, lease_seconds=30)
