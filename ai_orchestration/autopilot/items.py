@@ -35,6 +35,7 @@ from ai_orchestration.autopilot.frames import run_frame_send
 from ai_orchestration.autopilot.lease import (
     LeaseHeartbeat,
     StopCheck,
+    holder_write,
     work_item_lease,
     work_item_stop_check,
 )
@@ -217,19 +218,13 @@ def _item_tries(run_id: Any, item_id: Any, lease: LeaseHeartbeat, on_progress: A
             answer = _item_answer(item, problems, should_cancel, calls, run_model)
             if lease.lost:  # the answer came as the lease went: another worker may have it
                 raise ProviderCancelled("the item's lease was lost", attempts=0)
-            usage = calls_usage(calls, "") if calls else CallUsage()
-            done = work_item_complete(
-                workflow_id=item.workflow_id,
-                key=item.key,
-                ai_response=calls[-1].content,
-                files=answer["files"],
-                message=answer["commit_message"],
-                actor=AUTOPILOT,
-                usage=usage,
-                lease_token=lease.token,
+            done = holder_write(
+                lease,
+                partial(_item_complete_and_book, run_id, item, answer, calls, lease),
+                what=f"completing work item {item.key}",
+                landed=partial(_item_landed, item.pk, calls[-1].content),
             )
-            _book(run_id, calls)
-            _report(on_progress, done.item, "done", ", ".join(item.files))
+            _report(on_progress, done, "done", ", ".join(item.files))
             return
         except ProviderCancelled as exc:
             _book(run_id, calls, failed_attempts=exc.attempts)
@@ -257,6 +252,34 @@ def _item_tries(run_id: Any, item_id: Any, lease: LeaseHeartbeat, on_progress: A
             if _backoff(item.attempt, should_cancel):
                 work_item_release(item_id=item_id, lease_token=lease.token)
                 return
+
+
+def _item_complete_and_book(
+    run_id: Any, item: WorkItem, answer: dict, calls: list[Completion], lease: LeaseHeartbeat
+) -> WorkItem:
+    """Complete the item with the answer and count its calls on the run: in one
+    transaction, so neither is booked without the other."""
+    with transaction.atomic():
+        done = work_item_complete(
+            workflow_id=item.workflow_id,
+            key=item.key,
+            ai_response=calls[-1].content,
+            files=answer["files"],
+            message=answer["commit_message"],
+            actor=AUTOPILOT,
+            usage=calls_usage(calls, "") if calls else CallUsage(),
+            lease_token=lease.token,
+        )
+        _book(run_id, calls)
+    return done.item
+
+
+def _item_landed(item_id: Any, ai_response: str) -> WorkItem | None:
+    """The item, if its completion with this answer committed though its connection
+    failed at the COMMIT."""
+    return WorkItem.objects.filter(
+        pk=item_id, status=WorkItem.Status.DONE, ai_response=ai_response
+    ).first()
 
 
 class _OverBudget(Exception):

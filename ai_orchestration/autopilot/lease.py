@@ -30,10 +30,10 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from ai_orchestration.models import AIRun
@@ -41,6 +41,7 @@ from workflows.models import WorkItem
 from workflows.work_items import work_item_renew
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often the worker's own thread asks the database whether to stop (between chunks).
 CHECK_SECONDS = 0.5
@@ -220,6 +221,51 @@ class StopCheck:
                 if not connection.in_atomic_block:
                     connection.close()
         return self.cancelled
+
+
+def holder_write(
+    lease: LeaseHeartbeat,
+    write: Callable[[], T],
+    *,
+    what: str,
+    landed: Callable[[], T | None] | None = None,
+) -> T:
+    """`write()`, a transaction the lease holder makes with the work's result, made on a
+    fresh connection again when the database connection fails under it (dropped, the
+    server restarted), after a short pause, for as long as the lease is held.
+
+    The worker's own connection is held for the whole step, so the model call's answer
+    would otherwise meet a connection that died while it waited, and be lost: another
+    worker would call the model again for the same attempt. A transaction that failed
+    wrote nothing, unless the connection failed at its COMMIT: `landed()` then says
+    whether it committed (its result), so the write is never made twice. Once the lease
+    is lost, the last error is raised (the work is left to the lease, as before).
+    """
+    failures = 0
+    while True:
+        try:
+            if failures and landed is not None:
+                result = landed()
+                if result is not None:
+                    return result
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if connection.in_atomic_block or lease.lost:
+                raise  # an outer transaction is broken, or the work is no longer ours
+            failures += 1
+            logger.warning(
+                "%s: the database failed while %s (%d in a row); trying again on a fresh "
+                "connection: %s",
+                lease.label,
+                what,
+                failures,
+                exc,
+            )
+            try:
+                connection.close()  # a broken pooled connection is discarded
+            except DatabaseError:
+                logger.exception("%s: closing a broken connection failed", lease.label)
+            time.sleep(min(lease.interval, FIRST_RETRY_SECONDS * 2 ** (failures - 1)))
 
 
 # --- the two kinds of lease ---------------------------------------------------------------

@@ -33,7 +33,13 @@ from ai_orchestration.accounting import budget_stop_reason, calls_usage
 from ai_orchestration.autopilot.answers import parse_json as _parse_json
 from ai_orchestration.autopilot.frames import DeltaBroadcaster, run_frame_send
 from ai_orchestration.autopilot.items import work_items_step
-from ai_orchestration.autopilot.lease import LeaseHeartbeat, StopCheck, run_lease, run_stop_check
+from ai_orchestration.autopilot.lease import (
+    LeaseHeartbeat,
+    StopCheck,
+    holder_write,
+    run_lease,
+    run_stop_check,
+)
 from ai_orchestration.autopilot.services import run_finish_by_id, run_held
 from ai_orchestration.context import PromptRequest, prompt_request_build
 from ai_orchestration.models import AIRun
@@ -348,9 +354,23 @@ def _phase_submit(
             _finish(run, lease, AIRun.Status.FAILED, error=f"DEPLOYMENT: {exc}")
             return None
         ai_response = f"{final.content}\n\n{summary}"
+    booked = run.phases_completed
+
+    def landed() -> tuple[AIRun, str] | None:
+        """The completion committed though its connection failed at the COMMIT."""
+        done = AIRun.objects.filter(
+            pk=run.id, lease_token=lease.token, phases_completed__gt=booked
+        ).first()
+        return (done, done.phase) if done is not None else None
+
     try:
-        return _phase_complete_and_book(
-            run, lease, workflow, phase, ai_response, evidence, calls, usage
+        return holder_write(
+            lease,
+            lambda: _phase_complete_and_book(
+                run, lease, workflow, phase, ai_response, evidence, calls, usage
+            ),
+            what=f"completing {phase}",
+            landed=landed,
         )
     except LeaseLost as exc:
         logger.warning("run %s: %s; its %s result is discarded", run.id, exc, phase)
