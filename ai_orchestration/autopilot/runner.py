@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -424,6 +425,21 @@ def _phase_complete_and_book(
 
 
 def _continue_or_stop(run: AIRun, lease: LeaseHeartbeat) -> bool:
+    """After a phase: end the run, or queue it for the next (True). Made again on a fresh
+    connection if the database connection fails, so a dropped connection does not leave
+    a run whose phase is done to wait for its lease to expire."""
+
+    def queued() -> bool | None:
+        """The run was queued for its next phase though the connection failed at the
+        COMMIT (no one else queues a running run)."""
+        return AIRun.objects.filter(pk=run.pk, status=AIRun.Status.QUEUED).exists() or None
+
+    return holder_write(
+        lease, partial(_continue_or_stop_once, run, lease), what="handing on", landed=queued
+    )
+
+
+def _continue_or_stop_once(run: AIRun, lease: LeaseHeartbeat) -> bool:
     run.refresh_from_db()
     workflow = Workflow.objects.get(pk=run.workflow_id)
     if run.cancel_requested:

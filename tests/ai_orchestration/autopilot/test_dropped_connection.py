@@ -84,6 +84,24 @@ def test_a_phase_answer_outlives_a_dropped_connection(project, user, monkeypatch
 
 @on_postgres
 @pytest.mark.django_db(transaction=True)
+def test_a_run_whose_phase_is_done_is_handed_on_over_a_dropped_connection(
+    project, user, monkeypatch
+):
+    workflow = workflow_for(project, user, description="Hand it on. Finish anyway.")
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    # the connection dies right after DISCOVERY's completion committed
+    _calls_that_end_the_connection(monkeypatch, runner, "_phase_complete_and_book")
+
+    went_on = autopilot_step(run_id=run.id, worker_id="test-worker")
+
+    # then the run is queued for PLANNING at once (not left to its lease)
+    run.refresh_from_db()
+    assert went_on is True
+    assert (run.status, run.phases_completed, run.lease_token) == (AIRun.Status.QUEUED, 1, None)
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
 def test_a_work_items_answer_outlives_a_dropped_connection(project, user, monkeypatch):
     workflow = workflow_for(project, user, description="Keep the item. Finish anyway.")
     run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
