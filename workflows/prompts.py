@@ -4,7 +4,7 @@ import json
 from string import Template
 from typing import TYPE_CHECKING
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 
 from workflows.default_prompts import DEFAULT_PROMPTS
@@ -22,13 +22,20 @@ def prompt_templates_active() -> QuerySet[PromptTemplate]:
 
 
 def prompt_template_active(*, role: str) -> PromptTemplate:
-    """The active template of `role`; the shipped default is restored if none is active."""
+    """The active template of `role`; the shipped default is restored if none is active.
+
+    Two workers may find none at once: a role with no version yet has no row to lock, so
+    both take version 1 and the second insert violates the unique version. That one
+    (rolled back to its savepoint) reads the template the first restored."""
     template = PromptTemplate.objects.filter(role=role, active=True).first()
-    if template is None:
-        template = prompt_template_publish(
+    if template is not None:
+        return template
+    try:
+        return prompt_template_publish(
             role=role, body=DEFAULT_PROMPTS[role], actor=None, note="shipped default (restored)"
         )
-    return template
+    except IntegrityError:
+        return PromptTemplate.objects.get(role=role, active=True)
 
 
 def prompt_render(*, body: str, workflow: Workflow, role: str, state: str) -> str:

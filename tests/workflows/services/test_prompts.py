@@ -5,11 +5,15 @@ never for the prompts' wording.
 """
 
 import hashlib
+import threading
+import time
 
 import pytest
 from django.conf import settings
+from django.db import connection, transaction
 
 from ai_orchestration.context import prompt_request_build
+from tests.conftest import on_postgres
 from tests.factories import MembershipFactory, ProjectFactory, evidence, workflow_for
 from workflows.models import PromptTemplate, RoleContext, Workflow
 from workflows.prompts import prompt_template_active, prompt_template_publish
@@ -257,3 +261,57 @@ def test_there_is_no_prompt_for_a_finished_workflow(user, project):
 
     with pytest.raises(ValueError, match="COMPLETE"):
         prompt_request_build(workflow=fresh(workflow.pk))
+
+
+@on_postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_restoring_a_missing_default_at_once_get_the_same_template():
+    # given no template of the role at all (as after a flush), and worker A restoring it
+    # in a transaction that has not committed yet
+    PromptTemplate.objects.filter(role=Role.CODE_WRITER).delete()
+    restored, go_on = threading.Event(), threading.Event()
+    got: dict[str, object] = {}
+
+    def worker(name: str, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                got[name] = prompt_template_active(role=Role.CODE_WRITER)
+                if hold:
+                    restored.set()
+                    go_on.wait(10)
+        except Exception as exc:  # reported below
+            got[name] = exc
+        finally:
+            connection.close()
+
+    a = threading.Thread(target=worker, args=("a", True))
+    a.start()
+    assert restored.wait(10)
+    # when worker B restores it too (its insert waits for A's) and A then commits
+    b = threading.Thread(target=worker, args=("b", False))
+    b.start()
+    _wait_for_a_lock_wait()
+    go_on.set()
+    a.join(10)
+    b.join(10)
+
+    # then both have the one restored version
+    assert isinstance(got["a"], PromptTemplate), got["a"]
+    assert isinstance(got["b"], PromptTemplate), got["b"]
+    assert got["a"].pk == got["b"].pk
+    assert PromptTemplate.objects.filter(role=Role.CODE_WRITER).count() == 1
+
+
+def _wait_for_a_lock_wait(timeout: float = 10.0) -> None:
+    """Until some backend of this database waits for a lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.02)
+    raise AssertionError("no backend came to wait for the lock")
