@@ -131,7 +131,8 @@ class CountedModel:
         self._requirements: dict[str, dict] = {}
         self._live: dict[tuple, int] = {}
         self._peak: dict[tuple, int] = {}
-        self._holds: list[Hold] = []
+        self._holds: list[Hold] = []  # waiting for a call
+        self._made: list[Hold] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -165,7 +166,15 @@ class CountedModel:
         hold = Hold(**match)
         with self._lock:
             self._holds.append(hold)
+            self._made.append(hold)
         return hold
+
+    def release_holds(self) -> None:
+        """Let every held call go on, and forget the holds no call matched."""
+        with self._lock:
+            made, self._holds = list(self._made), []
+        for hold in made:
+            hold.release()
 
     def peak_live(self) -> dict[tuple, int]:
         """The most calls live at one moment, per phase attempt."""
@@ -182,9 +191,7 @@ class CountedModel:
 
     def close(self) -> None:
         self._closing.set()
-        with self._lock:
-            for hold in self._holds:
-                hold.release()
+        self.release_holds()
         self._server.shutdown()
         self._server.server_close()
 

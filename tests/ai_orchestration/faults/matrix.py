@@ -71,14 +71,55 @@ def pids_terminate(pids: list[int]) -> int:
         return cursor.fetchone()[0]
 
 
+class Fleet:
+    """The processes the scenarios share: two task workers and a watchdog, started once
+    (a start costs seconds of CPU on a small machine), pointed at the counted model and
+    the matrix's Redis. A process a scenario ends on purpose is replaced by the next."""
+
+    def __init__(self, *, model: CountedModel, redis_url: str, log_dir: Path) -> None:
+        self.env = {
+            **PROCESS_ENV,
+            "LOCAL_LLM_BASE_URL": model.base_url,
+            "REDIS_URL": redis_url,
+        }
+        if redis_url != os.environ.get("REDIS_URL"):
+            self.env["CACHE_URL"] = ""  # the cache follows the matrix's Redis
+        self.log_dir = log_dir
+        self.workers: list[Proc] = []
+        self.watchdog: Proc | None = None
+        self.started: list[str] = []
+
+    @property
+    def procs(self) -> list[Proc]:
+        return [*self.workers, *([self.watchdog] if self.watchdog else [])]
+
+    def ensure(self) -> None:
+        """Two live workers and a live watchdog (start what is missing)."""
+        self.workers = [w for w in self.workers if w.alive()]
+        while len(self.workers) < 2:
+            self.workers.append(self._start(start_task_worker, "w"))
+        if self.watchdog is None or not self.watchdog.alive():
+            self.watchdog = self._start(start_watchdog, "wd")
+
+    def _start(self, start, kind: str) -> Proc:
+        proc = start(self.log_dir, name=f"fm-{kind}", env=self.env)
+        self.started.append(proc.name)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.stop()
+
+
 @dataclass
 class Scenario:
     """One row of the matrix: its processes, its workflows, its fault, its figures."""
 
     name: str
     model: CountedModel
-    log_dir: Path
-    redis_url: str
+    fleet: Fleet
     workers: list[Proc] = field(default_factory=list)
     watchdog: Proc | None = None
     workflows: dict[str, Workflow] = field(default_factory=dict)  # by marker
@@ -88,6 +129,14 @@ class Scenario:
     started: float = field(default_factory=time.monotonic)
     notes: dict[str, Any] = field(default_factory=dict)
     ended_on_purpose: set[str] = field(default_factory=set)
+    errors_before: int = 0
+
+    def __post_init__(self) -> None:
+        self.errors_before = len(self.model.errors)
+
+    def calls(self) -> list[Call]:
+        """The model calls made for this scenario's workflows."""
+        return [c for c in self.model.snapshot() if c.workflow in self.workflows]
 
     # --- setting up ------------------------------------------------------------------
 
@@ -96,17 +145,9 @@ class Scenario:
         return [*self.workers, *([self.watchdog] if self.watchdog else [])]
 
     def start_processes(self) -> None:
-        env = {
-            **PROCESS_ENV,
-            "LOCAL_LLM_BASE_URL": self.model.base_url,
-            "REDIS_URL": self.redis_url,
-        }
-        if self.redis_url != os.environ.get("REDIS_URL"):
-            env["CACHE_URL"] = ""  # the cache follows the scenario's Redis
-        self.workers = [
-            start_task_worker(self.log_dir, name=f"{self.name}-w{n}", env=env) for n in (1, 2)
-        ]
-        self.watchdog = start_watchdog(self.log_dir, name=f"{self.name}-wd", env=env)
+        """The fleet's processes, all alive, are this scenario's."""
+        self.fleet.ensure()
+        self.workers, self.watchdog = list(self.fleet.workers), self.fleet.watchdog
 
     def end_on_purpose(self, proc: Proc, sig: int) -> None:
         """Signal `proc`, which then need not be alive at the end."""
@@ -181,14 +222,15 @@ class Scenario:
         )
         tasks = list(DBTaskResult.objects.values("task_path", "status", "worker_ids"))
         items = list(WorkItem.objects.values("workflow_id", "key", "status", "worker_id"))
-        calls = [(c.serial, c.phase, c.item, c.outcome) for c in self.model.snapshot()]
+        calls = [(c.serial, c.phase, c.item, c.outcome) for c in self.calls()]
         logs = "\n".join(f"--- {p.name}\n{p.output()[-2500:]}" for p in self.procs)
         return f"runs: {runs}\ntasks: {tasks}\nitems: {items}\ncalls: {calls}\n{logs}"
 
     def verify(self) -> dict:
         """Check every invariant; the scenario's figures."""
-        calls = self.model.snapshot()
-        assert not self.model.errors, self.model.errors
+        calls = self.calls()
+        errors = self.model.errors[self.errors_before :]
+        assert not errors, errors
         figures = Counter()
         for marker, workflow in self.workflows.items():
             mine = [c for c in calls if c.workflow == marker]
@@ -281,9 +323,3 @@ class Scenario:
             and (self.fault_key is None or c.key == self.fault_key)
         ]
         return round(min(ends) - self.fault_at, 2) if ends else None
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            proc.stop()

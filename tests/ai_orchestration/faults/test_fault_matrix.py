@@ -1,10 +1,12 @@
 """The fault matrix: real task workers and a watchdog, faults injected with runs in
 flight, every run completing with no manual action.
 
-Each scenario runs two task workers and one `autopilot_watchdog` as processes on the
-test database (PostgreSQL) and a Redis channel layer, starts three workflows on
-autopilot with the `local` provider pointed at a counted loopback model
-(counted_model.py), holds one call mid-stream, injects its fault there, and lets go:
+The scenarios share two task workers and one `autopilot_watchdog`, processes on the
+test database (PostgreSQL) with a Redis channel layer of their own (a worker a scenario
+ends on purpose is replaced before the next; the others live through every scenario).
+Each scenario starts three workflows on autopilot with the `local` provider pointed at a
+counted loopback model (counted_model.py), holds one call mid-stream, injects its fault
+there, and lets go:
 
 - kill9: the worker making a work item's call is SIGKILLed;
 - sigterm: the worker making a phase's call gets SIGTERM (it finishes, then exits);
@@ -13,7 +15,8 @@ autopilot with the `local` provider pointed at a counted loopback model
 - pg_midcall: the same while a call is in flight;
 - redis_restart: the Redis server is stopped mid-call and started again on its port;
 - heartbeat_conn: the database connection of the lease heartbeat of the worker making a
-  call is ended, and the call held past the lease's length.
+  call is ended, and the call held for a whole lease: the lease is renewed on a new
+  connection, so that call is answered (a lease not renewed would have cut it).
 
 Then, for every workflow: COMPLETE, its run COMPLETED; each phase completed once (one
 PhaseResult, attempt 1, and one forward Handoff per phase); each work item done.
@@ -51,6 +54,7 @@ from tests.ai_orchestration.faults.matrix import (
     HEARTBEAT_SECONDS,
     HEARTBEAT_SQL,
     LEASE_SECONDS,
+    Fleet,
     Scenario,
     backends_matching,
     pids_terminate,
@@ -84,30 +88,48 @@ def _figures():
             print(json.dumps(row))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model():
     with CountedModel() as server:
         yield server
 
 
-@pytest.fixture
-def scenarios(transactional_db, model, tmp_path):
-    """Make a scenario; its processes are stopped at the end, whatever happened."""
-    made: list[Scenario] = []
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    """The matrix's own Redis (restarted by one scenario), or REDIS_URL's without
+    redis-server (that scenario is then skipped)."""
+    if redis_server_binary() is None:
+        yield None
+        return
+    with PrivateRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
-    def make(name: str, redis_url: str | None = None) -> Scenario:
-        scenario = Scenario(
-            name=name,
-            model=model,
-            log_dir=tmp_path,
-            redis_url=redis_url or os.environ["REDIS_URL"],
-        )
-        made.append(scenario)
-        return scenario
+
+@pytest.fixture(scope="module")
+def fleet(django_db_setup, model, redis, tmp_path_factory):
+    """The workers and the watchdog, shared by the scenarios, stopped at the end."""
+    processes = Fleet(
+        model=model,
+        redis_url=redis.url if redis is not None else os.environ["REDIS_URL"],
+        log_dir=tmp_path_factory.mktemp("processes"),
+    )
+    try:
+        yield processes
+    finally:
+        processes.stop()
+        for proc in processes.procs:
+            print(f"--- {proc.name} (exit {proc.process.returncode})\n{proc.output()[-3000:]}")
+
+
+@pytest.fixture
+def scenarios(transactional_db, model, fleet):
+    """Make a scenario on the shared processes; held calls are let go at the end."""
+
+    def make(name: str) -> Scenario:
+        return Scenario(name=name, model=model, fleet=fleet)
 
     yield make
-    for scenario in made:
-        scenario.stop()
+    model.release_holds()
 
 
 def _finish(scenario: Scenario) -> dict:
@@ -118,44 +140,16 @@ def _finish(scenario: Scenario) -> dict:
     return figures
 
 
-def _started(scenarios, project, user, name: str, redis_url: str | None = None) -> Scenario:
-    scenario = scenarios(name, redis_url)
+def _started(scenarios, project, user, name: str) -> Scenario:
+    scenario = scenarios(name)
     scenario.start_processes()
     scenario.start_runs(project, user)
     return scenario
 
 
-def test_worker_sigkilled_mid_call(scenarios, model, project, user):
-    hold = model.hold(item=True)
-    scenario = _started(scenarios, project, user, "kill9")
-    call = hold.wait_held(30)
-    victim = scenario.holder(call)
-
-    scenario.fault(call)
-    scenario.end_on_purpose(victim, signal.SIGKILL)
-    victim.process.wait(10)
-
-    figures = _finish(scenario)
-    assert model.calls[call.serial - 1].outcome == "cut"
-    assert figures["cut_calls"] >= 1
-
-
-def test_worker_sigterm_mid_call_finishes_its_call_then_exits(scenarios, model, project, user):
-    scenario = _started(scenarios, project, user, "sigterm")
-    first = next(iter(scenario.workflows))
-    hold = model.hold(phase="PLANNING", workflow=first)
-    call = hold.wait_held(30)
-    victim = scenario.holder(call)
-
-    scenario.fault(call)
-    scenario.end_on_purpose(victim, signal.SIGTERM)
-    time.sleep(0.5)
-    hold.release()
-    # graceful: the running task ends (its call is answered and booked), then it exits
-    assert victim.process.wait(30) == 0, victim.output()[-3000:]
-
-    _finish(scenario)
-    assert model.calls[call.serial - 1].outcome == "answered"
+def _hold_first(scenario: Scenario, model: CountedModel, **match):
+    """Hold a call of the scenario's first workflow mid-stream."""
+    return model.hold(workflow=next(iter(scenario.workflows)), **match)
 
 
 def test_every_database_connection_ended_while_idle(scenarios, model, project, user):
@@ -175,7 +169,7 @@ def test_every_database_connection_ended_while_idle(scenarios, model, project, u
 
 def test_every_database_connection_ended_mid_call(scenarios, model, project, user):
     scenario = _started(scenarios, project, user, "pg_midcall")
-    hold = model.hold(phase="PLANNING", workflow=next(iter(scenario.workflows)))
+    hold = _hold_first(scenario, model, phase="PLANNING")
     call = hold.wait_held(30)
 
     scenario.fault(call)
@@ -188,25 +182,25 @@ def test_every_database_connection_ended_mid_call(scenarios, model, project, use
     _finish(scenario)
 
 
-@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
-def test_redis_restarted_mid_call(scenarios, model, project, user, tmp_path):
-    with PrivateRedis(tmp_path) as redis:
-        scenario = _started(scenarios, project, user, "redis_restart", redis_url=redis.url)
-        hold = model.hold(phase="PLANNING", workflow=next(iter(scenario.workflows)))
-        call = hold.wait_held(30)
+def test_redis_restarted_mid_call(scenarios, model, redis, project, user):
+    if redis is None:
+        pytest.skip("redis-server is not installed: no private Redis to restart")
+    scenario = _started(scenarios, project, user, "redis_restart")
+    hold = _hold_first(scenario, model, phase="PLANNING")
+    call = hold.wait_held(30)
 
-        scenario.fault(call)
-        redis.stop()
-        hold.release()  # the call's deltas and the phase's broadcasts meet a dead Redis
-        time.sleep(1.0)
-        redis.start()
+    scenario.fault(call)
+    redis.stop()
+    hold.release()  # the call's deltas and the phase's broadcasts meet a dead Redis
+    time.sleep(1.0)
+    redis.start()
 
-        _finish(scenario)
+    _finish(scenario)
 
 
 def test_heartbeat_connection_ended_mid_call(scenarios, model, project, user):
     scenario = _started(scenarios, project, user, "heartbeat_conn")
-    hold = model.hold(phase="PLANNING", workflow=next(iter(scenario.workflows)))
+    hold = _hold_first(scenario, model, phase="PLANNING")
     call = hold.wait_held(30)
     holder = scenario.holder(call)
 
@@ -218,9 +212,43 @@ def test_heartbeat_connection_ended_mid_call(scenarios, model, project, user):
     )
     scenario.fault(call)
     assert pids_terminate(heartbeat) == len(heartbeat)
-    # held past the lease: unless renewed on a new connection, the lease expires and the
-    # run is re-queued (which may only happen once this call was cut)
-    time.sleep(LEASE_SECONDS + 1.5)
+    # held for a whole lease: had it not been renewed on a new connection, its holder
+    # would have cut the call one heartbeat before it expired (and another worker
+    # would then have called again)
+    time.sleep(LEASE_SECONDS)
     hold.release()
 
     _finish(scenario)
+    assert model.calls[call.serial - 1].outcome == "answered"
+
+
+def test_worker_sigkilled_mid_call(scenarios, model, project, user):
+    scenario = _started(scenarios, project, user, "kill9")
+    hold = _hold_first(scenario, model, item=True)
+    call = hold.wait_held(30)
+    victim = scenario.holder(call)
+
+    scenario.fault(call)
+    scenario.end_on_purpose(victim, signal.SIGKILL)
+    victim.process.wait(10)
+
+    figures = _finish(scenario)
+    assert model.calls[call.serial - 1].outcome == "cut"
+    assert figures["cut_calls"] == 1
+
+
+def test_worker_sigterm_mid_call_finishes_its_call_then_exits(scenarios, model, project, user):
+    scenario = _started(scenarios, project, user, "sigterm")
+    hold = _hold_first(scenario, model, phase="PLANNING")
+    call = hold.wait_held(30)
+    victim = scenario.holder(call)
+
+    scenario.fault(call)
+    scenario.end_on_purpose(victim, signal.SIGTERM)
+    time.sleep(0.5)
+    hold.release()
+    # graceful: the running task ends (its call is answered and booked), then it exits
+    assert victim.process.wait(30) == 0, victim.output()[-3000:]
+
+    _finish(scenario)
+    assert model.calls[call.serial - 1].outcome == "answered"
