@@ -61,6 +61,11 @@ def project_group(project_id: Any) -> str:
     return f"project.{str(project_id).replace('-', '')}"
 
 
+def user_group(user_id: Any) -> str:
+    """The group of every open websocket of one user (on any node)."""
+    return f"user.{user_id}"
+
+
 def event_frame(event: Any) -> dict:
     """The websocket frame of a persisted event: type, seq, workflow_id, data, at."""
     return {
@@ -112,6 +117,15 @@ def group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
     if layer is not None:
         _deliver(partial(layer.group_send, group, message), f"send to {group}", layer)
+
+
+def user_sockets_recheck(*, user_id: Any) -> None:
+    """Tell the user's open websockets, on every node, to re-check their access now.
+
+    Called after the commit that revoked a token, removed or changed a membership, or
+    deactivated, changed or deleted the user; best-effort like every send (each socket's
+    heartbeat re-checks anyway)."""
+    group_send(user_group(user_id), {"type": "access.changed"})
 
 
 def _deliver(send: Callable[[], Awaitable[None]], what: str, layer: Any) -> None:
@@ -250,7 +264,12 @@ async def _send_all(layer: Any, events: list[Any]) -> None:
     )
     await layer.group_send(
         project_group(workflow.project_id),
-        {"type": "dashboard.events", "frames": frames, "summary": workflow_summary(workflow)},
+        {
+            "type": "dashboard.events",
+            "frames": frames,
+            "summary": workflow_summary(workflow),
+            "project_id": str(workflow.project_id),
+        },
     )
 
 

@@ -1,11 +1,17 @@
 """Reads. Each selector scopes to what the user may see and owns its query shape."""
 
+import enum
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user, get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, QuerySet, Sum
+from django.http import HttpRequest
 
 from workflows.broadcast import event_frame, workflow_summary
 from workflows.errors import ProjectNotFound, WorkflowNotFound
@@ -162,6 +168,60 @@ def dashboard_snapshot(*, user: AbstractBaseUser) -> tuple[list[Any], list[dict]
         .order_by("-created_at", "-id")[:DASHBOARD_SNAPSHOT_SIZE]
     )
     return project_ids, [workflow_summary(workflow) for workflow in workflows]
+
+
+@dataclass(frozen=True)
+class SocketCredential:
+    """What a websocket authenticated with: an API token (by id), else a session (by key)."""
+
+    user_id: int
+    token_id: int | None = None
+    session_key: str | None = None
+
+
+class SocketAccess(enum.Enum):
+    OK = "ok"
+    UNAUTHENTICATED = "unauthenticated"  # token revoked, session ended, user inactive or gone
+    NOT_FOUND = "not_found"  # no such workflow, or no longer a member of its project
+
+
+def socket_credential_valid(*, credential: SocketCredential) -> bool:
+    """Whether a websocket's credential still authenticates its user: the token is not
+    revoked, or the session still exists, has not expired and still verifies (a password
+    change ends it); and the user still exists and is active."""
+    if credential.token_id is not None:
+        return ApiToken.objects.filter(
+            pk=credential.token_id, user_id=credential.user_id, user__is_active=True
+        ).exists()
+    if credential.session_key is not None:
+        # A fresh load, not the handshake's cached copy, through Django's own check.
+        request = HttpRequest()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(
+            credential.session_key
+        )
+        user = get_user(request)
+        return user.is_authenticated and user.is_active and user.pk == credential.user_id
+    return get_user_model()._default_manager.filter(pk=credential.user_id, is_active=True).exists()
+
+
+def workflow_socket_access(*, credential: SocketCredential, workflow_id: Any) -> SocketAccess:
+    """Whether a workflow's websocket may stay open (two queries at most)."""
+    if not socket_credential_valid(credential=credential):
+        return SocketAccess.UNAUTHENTICATED
+    visible = Workflow.objects.filter(
+        pk=workflow_id, project__memberships__user_id=credential.user_id
+    ).exists()
+    return SocketAccess.OK if visible else SocketAccess.NOT_FOUND
+
+
+def dashboard_socket_projects(*, credential: SocketCredential) -> set[Any] | None:
+    """The ids of the projects a dashboard websocket may follow; None if its credential no
+    longer authenticates."""
+    if not socket_credential_valid(credential=credential):
+        return None
+    return set(
+        Project.objects.filter(memberships__user_id=credential.user_id).values_list("id", flat=True)
+    )
 
 
 def workflow_check_runs(*, workflow: Workflow) -> QuerySet[CheckRun]:
