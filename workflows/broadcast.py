@@ -241,6 +241,23 @@ os.register_at_fork(after_in_child=_sender_forget)
 atexit.register(_flush_at_exit)
 
 
+def channel_layer_roundtrip(*, timeout: float) -> str:
+    """Send a message to a new channel of the layer and receive it back (health), on the
+    ASGI server's loop or this process's sender loop: no thread or loop of its own.
+    Returns the layer's class name; raises if the layer does not answer in `timeout`."""
+    layer = get_channel_layer()
+
+    async def roundtrip() -> None:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "health.ping"})
+        await asyncio.wait_for(layer.receive(channel), timeout=timeout)
+
+    loop = _server_loop if _server_loop is not None and _server_loop.is_running() else None
+    loop = loop or _sender_get().loop
+    asyncio.run_coroutine_threadsafe(roundtrip(), loop).result(timeout + 1)
+    return type(layer).__name__
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()

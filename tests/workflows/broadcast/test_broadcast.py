@@ -233,3 +233,11 @@ def test_topdogs_redis_layer_is_not_waited_for_and_the_in_memory_one_is():
 
     assert broadcast._cross_process(BoundedRedisChannelLayer())
     assert not broadcast._cross_process(InMemoryChannelLayer())
+
+
+def test_the_health_roundtrip_runs_on_the_sender_loop_without_threads_of_its_own():
+    broadcast.channel_layer_roundtrip(timeout=2.0)  # the sender loop exists from here on
+    threads = threading.active_count()
+    for _ in range(20):
+        assert broadcast.channel_layer_roundtrip(timeout=2.0)
+    assert threading.active_count() == threads
