@@ -196,7 +196,7 @@ def test_a_command_that_exits_right_after_its_commit_still_sends(tmp_path):
     script = textwrap.dedent(
         f"""
         import asyncio
-        from tests.workflows import test_broadcast as t
+        from tests.workflows.broadcast import test_broadcast as t
         from workflows import broadcast
 
         class Slow(t.RecordingLayer):
@@ -218,7 +218,7 @@ def test_a_command_that_exits_right_after_its_commit_still_sends(tmp_path):
     subprocess.run(
         [sys.executable, "-c", f"import django; django.setup()\n{script}"],
         check=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         env=env,
         timeout=60,
     )
