@@ -55,11 +55,7 @@ from workflows.models import (
     WorkItem,
 )
 from workflows.models_catalog import UnknownModel, model_resolve, model_settings_for
-from workflows.prompts import (
-    prompt_render,
-    prompt_template_active,
-    prompt_templates_active,
-)
+from workflows.prompts import prompt_render, prompt_template_active
 from workflows.selectors import workflow_uuid
 from workflows.states import (
     NEXT_STATE,
@@ -212,10 +208,8 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
     """The workflow row, locked, with its project, and the actor's project role (None for
     system actors). A workflow the user's projects do not hold is WorkflowNotFound.
 
-    A second query reads the active prompt templates (`workflow.active_templates`, by
-    role), which a transition into a new role renders. The project and template rows are
-    not locked: what a transition reads of them (gates, threshold, models, prompts) may
-    change concurrently without making the transition wrong."""
+    The project row is not locked: what a transition reads of it (gates, threshold,
+    models) may change concurrently without making the transition wrong."""
     queryset = (
         Workflow.objects.select_related("project")
         .select_for_update(of=("self",))
@@ -229,7 +223,6 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
         workflow = queryset.get()
     except Workflow.DoesNotExist as exc:
         raise WorkflowNotFound() from exc
-    workflow.active_templates = {template.role: template for template in prompt_templates_active()}
     return workflow, getattr(workflow, "member_role", None)
 
 
@@ -367,11 +360,10 @@ def _role_context_upsert(workflow: Workflow) -> None:
     role = workflow.current_role
     if role is None:
         return
-    # Read with the lock; initialize (nothing to lock) or a role without an active
-    # template (restored from the shipped default) reads it here.
-    template = getattr(workflow, "active_templates", {}).get(role)
-    if template is None:
-        template = prompt_template_active(role=role)
+    # Only the entered role's template is read, and only when a role is entered (not at
+    # the end, not by the lock's other users). It is not locked: a prompt published
+    # meanwhile is the next transition's.
+    template = prompt_template_active(role=role)
     model_settings = model_settings_for(
         name=workflow.model_name, role_setting=workflow.project.role_setting(role)
     )

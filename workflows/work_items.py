@@ -54,8 +54,12 @@ def plan_check(*, workflow: Workflow, evidence: dict) -> None:
 
 
 def work_items_from_plan(*, workflow: Workflow, phase_result: PhaseResult, evidence: dict) -> None:
-    """The plan's items as rows; the previous plan's rows are superseded (kept)."""
-    work_items_supersede(workflow=workflow)
+    """The plan's items as rows; the previous plan's rows are superseded (kept).
+
+    Items are made only from PLANNING results, so a workflow's first plan (attempt 1)
+    has none to supersede, and skips the two UPDATEs that would find nothing."""
+    if phase_result.attempt > 1:
+        work_items_supersede(workflow=workflow)
     graph = {item["id"]: item["depends_on"] for item in evidence["work_items"]}
     depth: dict[str, int] = {}
     for key in topological_order(graph):
