@@ -1,13 +1,14 @@
 """Reads. Each selector scopes to what the user may see and owns its query shape."""
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, QuerySet, Sum
 
-from workflows.broadcast import event_frame, workflow_summary
+from workflows.broadcast import event_frame
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
     ApiToken,
@@ -21,6 +22,7 @@ from workflows.models import (
     WorkflowEvent,
 )
 from workflows.states import PHASES, State, phases_completed
+from workflows.summaries import workflow_summary
 
 
 def api_token_find(*, raw: str) -> ApiToken | None:
@@ -89,7 +91,27 @@ def workflow_uuid(workflow_id: Any) -> uuid.UUID:
         raise WorkflowNotFound() from exc
 
 
-def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """The IDE's status of one workflow (rendered by the status endpoint's serializer)."""
+
+    id: uuid.UUID
+    state: str
+    current_role: str | None
+    completed_phases: list[str]
+    awaiting_approval: bool
+    regression_count: int
+
+    @property
+    def progress(self) -> float:
+        return round(len(self.completed_phases) / len(PHASES), 4)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == State.COMPLETE
+
+
+def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> WorkflowStatus:
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
     no joins beyond membership) and no model instance."""
     workflow_id = workflow_uuid(workflow_id)
@@ -101,17 +123,14 @@ def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
     if row is None:
         raise WorkflowNotFound()
     state, role, last_phase, awaiting, regressions = row
-    completed = phases_completed(state=state, last_phase=last_phase)
-    return {
-        "workflow_id": str(workflow_id),
-        "current_state": state,
-        "progress": round(len(completed) / len(PHASES), 4),
-        "completed_phases": completed,
-        "next_role": role,
-        "is_complete": state == State.COMPLETE,
-        "awaiting_approval": awaiting,
-        "regression_count": regressions,
-    }
+    return WorkflowStatus(
+        id=workflow_id,
+        state=state,
+        current_role=role,
+        completed_phases=phases_completed(state=state, last_phase=last_phase),
+        awaiting_approval=awaiting,
+        regression_count=regressions,
+    )
 
 
 def workflow_events(*, workflow: Workflow, after: int = 0) -> QuerySet[WorkflowEvent]:

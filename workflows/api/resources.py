@@ -28,6 +28,7 @@ from workflows.api.base import (
     WorkflowDetailSerializer,
     WorkflowSummarySerializer,
     validated_data,
+    workflow_open,
 )
 from workflows.api.filters import WorkflowFilter
 from workflows.api.ide import RequirementsField
@@ -50,7 +51,6 @@ from workflows.services import (
     workflow_approve,
     workflow_cancel,
     workflow_fail,
-    workflow_initialize,
     workflow_phase_complete,
     workflow_regress,
     workflow_reject,
@@ -259,15 +259,13 @@ class WorkflowListApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(self.WorkflowCreateSerializer, request)
-        project = selectors.project_get_for_user(user=request.user, project_ref=data["project"])
-        workflow = workflow_initialize(
-            project=project,
+        workflow = workflow_open(
+            user=request.user,
+            project_ref=data["project"],
             requirements=data["requirements"],
-            actor=Actor.of(request.user),
             model_name=data.get("model"),
             build_id=data.get("build_id", ""),
         )
-        workflow.member_role = project.member_role
         return Response(WorkflowDetailSerializer(workflow).data, status=status.HTTP_201_CREATED)
 
 
