@@ -12,6 +12,7 @@ limit) is decided by `phase_outcome_decide`, a pure function of the evidence and
 project's settings.
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,6 +21,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
@@ -82,6 +84,8 @@ from workflows.work_items import (
     work_items_settle,
     work_items_unbooked_usage,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -1038,3 +1042,76 @@ def work_item_fail(
             final=final,
         )
     return True
+
+
+# --- projects --------------------------------------------------------------------------
+
+# What project_create and project_update may set: every field a person edits.
+PROJECT_FIELDS = frozenset(
+    field.name
+    for field in Project._meta.concrete_fields
+    if field.editable and not field.primary_key
+)
+
+
+def project_create(
+    *,
+    slug: str,
+    name: str,
+    actor: Actor,
+    owner: AbstractBaseUser | None = None,
+    **settings: Any,
+) -> Project:
+    """Create a project, validated as the model validates it; `owner` (if given) becomes
+    its owner member. Audited like a project change (`project_audit`)."""
+    _project_fields_check(settings)
+    project = Project(slug=slug, name=name, **settings)
+    project.full_clean()
+    with transaction.atomic():
+        project.save(force_insert=True)
+        if owner is not None:
+            Membership.objects.create(project=project, user=owner, role=MemberRole.OWNER)
+        project_audit(project=project, actor=actor, added=True, fields=[])
+    return project
+
+
+def project_update(*, project: Project, actor: Actor, **changes: Any) -> list[str]:
+    """Set `changes` on `project` under its row lock: only the fields whose stored value
+    differs are validated and written. Returns their names (audited if any)."""
+    _project_fields_check(changes)
+    with transaction.atomic():
+        stored = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [name for name, value in changes.items() if getattr(stored, name) != value]
+        if not changed:
+            return []
+        for name in changed:
+            setattr(stored, name, changes[name])
+        stored.full_clean(exclude=sorted(PROJECT_FIELDS - set(changed)))
+        stored.save(update_fields=changed)
+        project_audit(project=stored, actor=actor, added=False, fields=changed)
+    for name in changed:  # the caller's instance follows, once it is stored
+        setattr(project, name, changes[name])
+    return changed
+
+
+def project_audit(*, project: Project, actor: Actor, added: bool, fields: list[str]) -> None:
+    """Record a project's creation or change: in the admin's history of the project (when
+    a person made it) and in the log. Field names only: never a value (secrets)."""
+    what = "created" if added else f"changed {', '.join(fields)}"
+    logger.info("project %s %s by %s", project.slug, what, actor.name)
+    if actor.user is None:
+        return
+    message = [{"added": {}}] if added else [{"changed": {"fields": fields}}]
+    LogEntry.objects.log_actions(
+        actor.user.pk,
+        [project],
+        ADDITION if added else CHANGE,
+        message,
+        single_object=True,
+    )
+
+
+def _project_fields_check(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - PROJECT_FIELDS)
+    if unknown:
+        raise TypeError(f"not project settings: {', '.join(unknown)}")

@@ -4,7 +4,6 @@ import json
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -43,11 +42,13 @@ from workflows.api.pagination import (
 )
 from workflows.api.schema import PhaseResultField, errors
 from workflows.errors import ActionForbidden, WorkflowNotFound
-from workflows.models import Membership, Message, PhaseResult, Project, sandbox_env_problem
+from workflows.models import Message, PhaseResult, Project, sandbox_env_problem
 from workflows.release import workflow_release
 from workflows.serializer_fields import ChoiceField, ModelNameField, RoleModelsField
 from workflows.services import (
     Actor,
+    project_create,
+    project_update,
     workflow_approve,
     workflow_cancel,
     workflow_fail,
@@ -183,9 +184,7 @@ class ProjectListApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(ProjectCreateSerializer, request)
-        with transaction.atomic():
-            project = Project.objects.create(**data)
-            Membership.objects.create(project=project, user=request.user, role=MemberRole.OWNER)
+        project = project_create(actor=Actor.of(request.user), owner=request.user, **data)
         project.member_role = MemberRole.OWNER
         return Response(ProjectOutputSerializer(project).data, status=status.HTTP_201_CREATED)
 
@@ -206,9 +205,7 @@ class ProjectDetailApi(ApiView):
             raise ActionForbidden("changing a project needs project role owner")
         serializer = ProjectInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        for field, value in serializer.validated_data.items():
-            setattr(project, field, value)
-        project.save(update_fields=list(serializer.validated_data) or None)
+        project_update(project=project, actor=Actor.of(request.user), **serializer.validated_data)
         return Response(ProjectOutputSerializer(project).data)
 
 
