@@ -29,12 +29,14 @@ def api_token_find(*, raw: str) -> ApiToken | None:
     """The token whose digest `raw` has, with its user, in one query; None if none has.
 
     Only what a request needs of the user is read; its other fields load if touched."""
-    return (
-        ApiToken.objects.select_related("user")
-        .only(*_TOKEN_FIELDS)
-        .filter(digest=ApiToken.digest_of(raw))
-        .first()
-    )
+    try:
+        return (
+            ApiToken.objects.select_related("user")
+            .only(*_TOKEN_FIELDS)
+            .get(digest=ApiToken.digest_of(raw))
+        )
+    except ApiToken.DoesNotExist:
+        return None
 
 
 _TOKEN_FIELDS = (
@@ -115,14 +117,13 @@ def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> Workflow
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
     no joins beyond membership) and no model instance."""
     workflow_id = workflow_uuid(workflow_id)
-    row = (
-        Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
-        .values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count")
-        .first()
-    )
-    if row is None:
-        raise WorkflowNotFound()
-    state, role, last_phase, awaiting, regressions = row
+    rows = Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
+    try:
+        state, role, last_phase, awaiting, regressions = rows.values_list(
+            "state", "current_role", "last_phase", "awaiting_approval", "regression_count"
+        ).get()
+    except Workflow.DoesNotExist:
+        raise WorkflowNotFound() from None
     return WorkflowStatus(
         id=workflow_id,
         state=state,
