@@ -176,3 +176,17 @@ def test_implementation_done_with_no_run_waiting_is_one_read_after_commit(
     runs = [sql for sql in statements if _shape(sql) == ("SELECT", "ai_orchestration_airun")]
     assert len(runs) == 1
     assert "FOR UPDATE" not in runs[0]
+
+
+def test_testing_reads_its_test_run_without_the_change_set_row(project, user):
+    # given: a workflow in TESTING
+    workflow = workflow_for(project, user)
+    _walk_to(workflow, user, "TESTING")
+
+    # when
+    shapes = _complete_captured(workflow, user, "TESTING")
+
+    # then: one read finds the current change set's latest test run (the change set's id
+    # is a subquery; its row, every file's content, is not loaded)
+    assert shapes.count(("SELECT", "workflows_checkrun")) == 1
+    assert ("SELECT", "workflows_phaseresult") not in shapes
