@@ -159,18 +159,34 @@ def work_items_settle(*, workflow: Workflow, evidence: dict) -> None:
     files from the change set; every item's usage is now booked."""
     by_path = {change["path"]: change for change in evidence["files"]}
     now = timezone.now()
-    items = work_items_current(workflow_id=workflow.id).exclude(status=Status.DONE)
-    for item in items.select_for_update():
-        files = [by_path[path] for path in item.files if path in by_path]
-        item.status = Status.DONE
-        item.result_files = files
-        item.result_sha256 = sha256_text(canonical_json(files))
-        item.result_message = "completed with the whole change set"
-        item.worker_id = ""
-        item.lease_expires_at = None
-        item.finished_at = now
-        item.save()
-    work_items_current(workflow_id=workflow.id).update(usage_booked=True)
+    for item in work_items_current(workflow_id=workflow.id).select_for_update():
+        fields = []
+        if item.status != Status.DONE:
+            files = [by_path[path] for path in item.files if path in by_path]
+            item.status = Status.DONE
+            item.result_files = files
+            item.result_sha256 = sha256_text(canonical_json(files))
+            item.result_message = "completed with the whole change set"
+            item.worker_id = ""
+            item.lease_expires_at = None
+            item.finished_at = now
+            fields += SETTLED_FIELDS
+        if not item.usage_booked:
+            item.usage_booked = True
+            fields.append("usage_booked")
+        if fields:  # one UPDATE per item, of what changed
+            item.save(update_fields=fields)
+
+
+SETTLED_FIELDS = (
+    "status",
+    "result_files",
+    "result_sha256",
+    "result_message",
+    "worker_id",
+    "lease_expires_at",
+    "finished_at",
+)
 
 
 def work_items_unbooked_usage(*, workflow_id: Any) -> dict:

@@ -190,3 +190,20 @@ def test_testing_reads_its_test_run_without_the_change_set_row(project, user):
     # is a subquery; its row, every file's content, is not loaded)
     assert shapes.count(("SELECT", "workflows_checkrun")) == 1
     assert ("SELECT", "workflows_phaseresult") not in shapes
+
+
+def test_a_whole_change_set_settles_each_item_in_one_update(project, user):
+    # given: a workflow in IMPLEMENTATION with its plan's items, none done
+    from workflows.work_items import work_items_current
+
+    workflow = workflow_for(project, user)
+    _walk_to(workflow, user, "IMPLEMENTATION")
+    items = work_items_current(workflow_id=workflow.id)
+    assert items.count() >= 2
+
+    # when: complete-phase brings the whole change set
+    shapes = _complete_captured(workflow, user, "IMPLEMENTATION")
+
+    # then: each item is done and its usage booked, by one UPDATE each
+    assert shapes.count(("UPDATE", "workflows_workitem")) == items.count()
+    assert {(item.status, item.usage_booked) for item in items} == {("done", True)}
