@@ -36,6 +36,8 @@ from typing import Any
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 
+from workflows.summaries import workflow_summary
+
 logger = logging.getLogger(__name__)
 
 SEND_WAIT_SECONDS = 5.0  # longest a caller waits for its own send (when it waits at all)
@@ -74,25 +76,6 @@ def event_frame(event: Any) -> dict:
         "workflow_id": str(event.workflow_id),
         "data": event.data,
         "at": event.created_at.isoformat(),
-    }
-
-
-def workflow_summary(workflow: Any) -> dict:
-    """What a dashboard card shows of a workflow."""
-    return {
-        "id": str(workflow.id),
-        "title": workflow.title,
-        "project": workflow.project.slug,
-        "state": workflow.state,
-        "current_role": workflow.current_role,
-        "awaiting_approval": workflow.awaiting_approval,
-        "regression_count": workflow.regression_count,
-        "progress": workflow.progress(),
-        "last_seq": workflow.last_event_seq,
-        "input_tokens": workflow.input_tokens,
-        "output_tokens": workflow.output_tokens,
-        "cost_usd": str(workflow.cost_usd),
-        "updated_at": workflow.updated_at.isoformat() if workflow.updated_at else None,
     }
 
 

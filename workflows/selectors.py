@@ -13,7 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, QuerySet, Sum
 from django.http import HttpRequest
 
-from workflows.broadcast import event_frame, workflow_summary
+from workflows.broadcast import event_frame
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
     ApiToken,
@@ -27,18 +27,21 @@ from workflows.models import (
     WorkflowEvent,
 )
 from workflows.states import PHASES, State, phases_completed
+from workflows.summaries import workflow_summary
 
 
 def api_token_find(*, raw: str) -> ApiToken | None:
     """The token whose digest `raw` has, with its user, in one query; None if none has.
 
     Only what a request needs of the user is read; its other fields load if touched."""
-    return (
-        ApiToken.objects.select_related("user")
-        .only(*_TOKEN_FIELDS)
-        .filter(digest=ApiToken.digest_of(raw))
-        .first()
-    )
+    try:
+        return (
+            ApiToken.objects.select_related("user")
+            .only(*_TOKEN_FIELDS)
+            .get(digest=ApiToken.digest_of(raw))
+        )
+    except ApiToken.DoesNotExist:
+        return None
 
 
 _TOKEN_FIELDS = (
@@ -95,29 +98,45 @@ def workflow_uuid(workflow_id: Any) -> uuid.UUID:
         raise WorkflowNotFound() from exc
 
 
-def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """The IDE's status of one workflow (rendered by the status endpoint's serializer)."""
+
+    id: uuid.UUID
+    state: str
+    current_role: str | None
+    completed_phases: list[str]
+    awaiting_approval: bool
+    regression_count: int
+
+    @property
+    def progress(self) -> float:
+        return round(len(self.completed_phases) / len(PHASES), 4)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == State.COMPLETE
+
+
+def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> WorkflowStatus:
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
     no joins beyond membership) and no model instance."""
     workflow_id = workflow_uuid(workflow_id)
-    row = (
-        Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
-        .values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count")
-        .first()
+    rows = Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
+    try:
+        state, role, last_phase, awaiting, regressions = rows.values_list(
+            "state", "current_role", "last_phase", "awaiting_approval", "regression_count"
+        ).get()
+    except Workflow.DoesNotExist:
+        raise WorkflowNotFound() from None
+    return WorkflowStatus(
+        id=workflow_id,
+        state=state,
+        current_role=role,
+        completed_phases=phases_completed(state=state, last_phase=last_phase),
+        awaiting_approval=awaiting,
+        regression_count=regressions,
     )
-    if row is None:
-        raise WorkflowNotFound()
-    state, role, last_phase, awaiting, regressions = row
-    completed = phases_completed(state=state, last_phase=last_phase)
-    return {
-        "workflow_id": str(workflow_id),
-        "current_state": state,
-        "progress": round(len(completed) / len(PHASES), 4),
-        "completed_phases": completed,
-        "next_role": role,
-        "is_complete": state == State.COMPLETE,
-        "awaiting_approval": awaiting,
-        "regression_count": regressions,
-    }
 
 
 def workflow_events(*, workflow: Workflow, after: int = 0) -> QuerySet[WorkflowEvent]:
