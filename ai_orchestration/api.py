@@ -13,6 +13,7 @@ from ai_orchestration.autopilot.selectors import (
     run_get_for_workflow,
     run_list_for_workflow,
 )
+from ai_orchestration.autopilot.serializers import RunOutputSerializer
 from ai_orchestration.autopilot.services import autopilot_cancel, autopilot_start
 from ai_orchestration.context import (
     prompt_request_next,
@@ -84,32 +85,6 @@ class WorkItemPromptApi(ApiView):
             )
         prompt = work_item_prompt_build(workflow=workflow, item=item)
         return Response(GetAiPromptApi.GetAiPromptOutputSerializer(prompt.as_payload()).data)
-
-
-class RunOutputSerializer(serializers.Serializer):
-    id = serializers.UUIDField()
-    workflow_id = serializers.UUIDField()
-    status = ChoiceField(
-        choices=AIRun.Status.choices,
-        help_text="queued, running, waiting (at an approval gate, or for work items other "
-        "workers hold), or how it ended: completed; failed (see error); cancelled; stopped "
-        "before its work was done (see stop_reason): at the budget cap, or a scope-phase "
-        "run whose phase the workflow left without it (completed elsewhere).",
-    )
-    scope = ChoiceField(choices=AIRun.Scope.choices)
-    phase = serializers.CharField(
-        help_text="The phase being worked; for a scope-phase run, the phase it is for."
-    )
-    provider = serializers.CharField()
-    model = serializers.CharField()
-    phases_completed = serializers.IntegerField()
-    attempts = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
-    cost_usd = serializers.CharField()
-    error = serializers.CharField()
-    stop_reason = serializers.CharField()
-    request_id = serializers.CharField(help_text="X-Request-ID of the request that started it.")
 
 
 class RunStartSerializer(serializers.Serializer):

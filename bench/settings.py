@@ -1,11 +1,11 @@
-"""Settings of the bench server: TopDog's own, plus the floor views, with throttles out of reach.
+"""Settings of the bench server: TopDog's own, plus the floor views, with limits out of reach.
 
 The throttle classes stay installed (their cache round trip is part of every real request),
 but with a one-second window and a rate no sequential client reaches, so they never answer
 429 and their per-user history stays as short as a real user's.
 """
 
-from topdog.env import env_bool, env_str
+from topdog.env import env_bool, env_int, env_str
 from topdog.settings import *  # noqa: F403
 from topdog.settings import CACHES, CHANNEL_LAYERS, INSTALLED_APPS, REDIS_URL, REST_FRAMEWORK
 
@@ -20,6 +20,9 @@ REST_FRAMEWORK = {
         "user": env_str("BENCH_THROTTLE_RATE", "1000000/s"),
     },
 }
+
+# The websocket bench connects hundreds of clients of one user: no per-user socket limit.
+TOPDOG_WS_MAX_SOCKETS_PER_USER = env_int("TOPDOG_WS_MAX_SOCKETS_PER_USER", 0)
 
 # Keep the bench's throttle counters and groups apart from a dev server on the same Redis.
 BENCH_REDIS_PREFIX = "topdog-bench"

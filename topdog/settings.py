@@ -399,6 +399,12 @@ TOPDOG_LLM_DEADLINE_SECONDS = env_int("TOPDOG_LLM_DEADLINE_SECONDS", 300)
 TOPDOG_WS_HEARTBEAT_SECONDS = env_int("TOPDOG_WS_HEARTBEAT_SECONDS", 20)
 # A client further behind than this many events is told to resync instead of replayed.
 TOPDOG_WS_REPLAY_LIMIT = env_int("TOPDOG_WS_REPLAY_LIMIT", 5000)
+# Open websockets per user, counted across nodes with a Redis cache (0: no limit).
+TOPDOG_WS_MAX_SOCKETS_PER_USER = env_int("TOPDOG_WS_MAX_SOCKETS_PER_USER", 50)
+# Frames a client may send per second on one connection, pings included (0: no limit).
+TOPDOG_WS_MAX_MESSAGES_PER_SECOND = env_int("TOPDOG_WS_MAX_MESSAGES_PER_SECOND", 20)
+# Larger client frames are answered with an error frame (the socket stays open).
+TOPDOG_WS_MAX_MESSAGE_BYTES = env_int("TOPDOG_WS_MAX_MESSAGE_BYTES", 16384)
 
 # --- Autopilot ------------------------------------------------------------------------
 # USD per million tokens (input, output) by model; local and offline models cost 0.

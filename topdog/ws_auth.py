@@ -4,6 +4,9 @@ Browsers send the session cookie (AuthMiddlewareStack handles that). Other clien
 send `Authorization: Token <token>`, or, where headers cannot be set, offer the
 subprotocols `topdog.v1` and `token.<token>`; the server answers with `topdog.v1`.
 Tokens are never taken from the query string, which ends up in access logs.
+
+The token's id goes into the scope (`topdog_token_id`) so that the consumer can re-check,
+while the socket is open, that it has not been revoked.
 """
 
 from typing import Any
@@ -17,17 +20,19 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 
 from workflows.models import ApiToken
+from workflows.selectors import api_token_find
 
 SUBPROTOCOL = "topdog.v1"
 TOKEN_SUBPROTOCOL_PREFIX = "token."
 
 
 @database_sync_to_async
-def _user_for_token(raw: str) -> Any:
-    token = ApiToken.objects.select_related("user").filter(digest=ApiToken.digest_of(raw)).first()
+def _token_for(raw: str) -> ApiToken | None:
+    """The token `raw` is, if it is one and its user is active."""
+    token = api_token_find(raw=raw)
     if token is None or not token.user.is_active:
         return None
-    return token.user
+    return token
 
 
 def _token_from(scope: dict) -> str | None:
@@ -49,9 +54,10 @@ class TokenAuthMiddleware(BaseMiddleware):
             scope["topdog_subprotocol"] = SUBPROTOCOL
         raw = _token_from(scope)
         if raw is not None:
-            user = await _user_for_token(raw)
-            if user is not None:
-                scope["user"] = user
+            token = await _token_for(raw)
+            if token is not None:
+                scope["user"] = token.user
+                scope["topdog_token_id"] = token.pk
             else:
                 scope["user"] = AnonymousUser()
         return await super().__call__(scope, receive, send)

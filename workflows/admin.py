@@ -43,9 +43,12 @@ from workflows.models import (
 )
 from workflows.selectors import workflow_testing_result, workflow_usage
 from workflows.services import (
+    PROJECT_FIELDS,
     Actor,
     TransitionOutcome,
     available_transitions,
+    project_create,
+    project_update,
     workflow_approve,
     workflow_cancel,
     workflow_fail,
@@ -909,6 +912,30 @@ class ProjectAdmin(NulSafeModelAdmin):
     @admin.display(description="approval gates")
     def gates(self, obj: Project) -> str:
         return ", ".join(obj.approval_gates or []) or "—"
+
+    def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
+        """Through the project services (which validate, lock and audit); the members in
+        the inline are saved after, as usual."""
+        actor = Actor.of(request.user)
+        fields = {name: getattr(obj, name) for name in form.fields if name in PROJECT_FIELDS}
+        if change:
+            project_update(project=obj, actor=actor, **fields)
+            return
+        created = project_create(actor=actor, **fields)
+        # The form's instance becomes the created row, so the inline saves its members.
+        obj.pk, obj.created_at = created.pk, created.created_at
+        obj._state.adding, obj._state.db = False, created._state.db
+
+    def log_addition(self, request: HttpRequest, obj: Project, message: Any) -> None:
+        """project_create has recorded the addition."""
+
+    def log_change(self, request: HttpRequest, obj: Project, message: Any) -> Any:
+        """project_update has recorded the project's own fields; only the inline's
+        changes (entries that name their object) are left to record here."""
+        inline = [m for m in message if any("name" in detail for detail in m.values())]
+        if inline:
+            return super().log_change(request, obj, inline)
+        return None
 
 
 @admin.register(ApiToken)

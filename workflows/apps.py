@@ -7,3 +7,6 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from workflows.api import schema  # noqa: F401  (registers the OpenAPI auth scheme)
+        from workflows.signals import access_signals_connect
+
+        access_signals_connect()

@@ -36,6 +36,8 @@ from typing import Any
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
 
+from workflows.summaries import workflow_summary
+
 logger = logging.getLogger(__name__)
 
 SEND_WAIT_SECONDS = 5.0  # longest a caller waits for its own send (when it waits at all)
@@ -61,6 +63,11 @@ def project_group(project_id: Any) -> str:
     return f"project.{str(project_id).replace('-', '')}"
 
 
+def user_group(user_id: Any) -> str:
+    """The group of every open websocket of one user (on any node)."""
+    return f"user.{user_id}"
+
+
 def event_frame(event: Any) -> dict:
     """The websocket frame of a persisted event: type, seq, workflow_id, data, at."""
     return {
@@ -69,25 +76,6 @@ def event_frame(event: Any) -> dict:
         "workflow_id": str(event.workflow_id),
         "data": event.data,
         "at": event.created_at.isoformat(),
-    }
-
-
-def workflow_summary(workflow: Any) -> dict:
-    """What a dashboard card shows of a workflow."""
-    return {
-        "id": str(workflow.id),
-        "title": workflow.title,
-        "project": workflow.project.slug,
-        "state": workflow.state,
-        "current_role": workflow.current_role,
-        "awaiting_approval": workflow.awaiting_approval,
-        "regression_count": workflow.regression_count,
-        "progress": workflow.progress(),
-        "last_seq": workflow.last_event_seq,
-        "input_tokens": workflow.input_tokens,
-        "output_tokens": workflow.output_tokens,
-        "cost_usd": str(workflow.cost_usd),
-        "updated_at": workflow.updated_at.isoformat() if workflow.updated_at else None,
     }
 
 
@@ -112,6 +100,15 @@ def group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
     if layer is not None:
         _deliver(partial(layer.group_send, group, message), f"send to {group}", layer)
+
+
+def user_sockets_recheck(*, user_id: Any) -> None:
+    """Tell the user's open websockets, on every node, to re-check their access now.
+
+    Called after the commit that revoked a token, removed or changed a membership, or
+    deactivated, changed or deleted the user; best-effort like every send (each socket's
+    heartbeat re-checks anyway)."""
+    group_send(user_group(user_id), {"type": "access.changed"})
 
 
 def _deliver(send: Callable[[], Awaitable[None]], what: str, layer: Any) -> None:
@@ -227,6 +224,23 @@ os.register_at_fork(after_in_child=_sender_forget)
 atexit.register(_flush_at_exit)
 
 
+def channel_layer_roundtrip(*, timeout: float) -> str:
+    """Send a message to a new channel of the layer and receive it back (health), on the
+    ASGI server's loop or this process's sender loop: no thread or loop of its own.
+    Returns the layer's class name; raises if the layer does not answer in `timeout`."""
+    layer = get_channel_layer()
+
+    async def roundtrip() -> None:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "health.ping"})
+        await asyncio.wait_for(layer.receive(channel), timeout=timeout)
+
+    loop = _server_loop if _server_loop is not None and _server_loop.is_running() else None
+    loop = loop or _sender_get().loop
+    asyncio.run_coroutine_threadsafe(roundtrip(), loop).result(timeout + 1)
+    return type(layer).__name__
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -250,7 +264,12 @@ async def _send_all(layer: Any, events: list[Any]) -> None:
     )
     await layer.group_send(
         project_group(workflow.project_id),
-        {"type": "dashboard.events", "frames": frames, "summary": workflow_summary(workflow)},
+        {
+            "type": "dashboard.events",
+            "frames": frames,
+            "summary": workflow_summary(workflow),
+            "project_id": str(workflow.project_id),
+        },
     )
 
 

@@ -55,7 +55,7 @@ from workflows.verification import (
     repository_source,
     sandbox_backend,
     sandbox_enabled,
-    test_run_latest,
+    test_run_current,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,14 +92,14 @@ def check_run_for_testing(
     frames of a run made here."""
     if not sandbox_enabled():
         return None
-    run = test_run_latest(workflow, change_set_current(workflow))
+    run = test_run_current(workflow)
     if run is None:
         try:
             with transaction.atomic():
                 locked, _ = workflow_lock(workflow_id=workflow.id, actor=Actor.system())
                 run = _queue(locked, actor, enqueue=False)
         except (CheckUnavailable, TransitionConflict):
-            run = test_run_latest(workflow, change_set_current(workflow))
+            run = test_run_current(workflow)
             if run is None:
                 return None
         check_run_execute(check_id=run.id, should_stop=should_stop, on_output=on_output)

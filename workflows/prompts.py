@@ -5,7 +5,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Max
 
 from workflows.default_prompts import DEFAULT_PROMPTS
 from workflows.evidence import evidence_example_text
@@ -13,12 +13,6 @@ from workflows.models import PromptTemplate, Workflow
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
-
-
-def prompt_templates_active() -> QuerySet[PromptTemplate]:
-    """Every role's active template (at most one each), as a transition reads them with
-    its lock: only what rendering and recording a role context read of them."""
-    return PromptTemplate.objects.filter(active=True).only("role", "body", "sha256")
 
 
 def prompt_template_active(*, role: str) -> PromptTemplate:

@@ -1,13 +1,19 @@
 """Reads. Each selector scopes to what the user may see and owns its query shape."""
 
+import enum
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user, get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, QuerySet, Sum
+from django.http import HttpRequest
 
-from workflows.broadcast import event_frame, workflow_summary
+from workflows.broadcast import event_frame
 from workflows.errors import ProjectNotFound, WorkflowNotFound
 from workflows.models import (
     ApiToken,
@@ -21,18 +27,21 @@ from workflows.models import (
     WorkflowEvent,
 )
 from workflows.states import PHASES, State, phases_completed
+from workflows.summaries import workflow_summary
 
 
 def api_token_find(*, raw: str) -> ApiToken | None:
     """The token whose digest `raw` has, with its user, in one query; None if none has.
 
     Only what a request needs of the user is read; its other fields load if touched."""
-    return (
-        ApiToken.objects.select_related("user")
-        .only(*_TOKEN_FIELDS)
-        .filter(digest=ApiToken.digest_of(raw))
-        .first()
-    )
+    try:
+        return (
+            ApiToken.objects.select_related("user")
+            .only(*_TOKEN_FIELDS)
+            .get(digest=ApiToken.digest_of(raw))
+        )
+    except ApiToken.DoesNotExist:
+        return None
 
 
 _TOKEN_FIELDS = (
@@ -89,29 +98,45 @@ def workflow_uuid(workflow_id: Any) -> uuid.UUID:
         raise WorkflowNotFound() from exc
 
 
-def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> dict:
+@dataclass(frozen=True)
+class WorkflowStatus:
+    """The IDE's status of one workflow (rendered by the status endpoint's serializer)."""
+
+    id: uuid.UUID
+    state: str
+    current_role: str | None
+    completed_phases: list[str]
+    awaiting_approval: bool
+    regression_count: int
+
+    @property
+    def progress(self) -> float:
+        return round(len(self.completed_phases) / len(PHASES), 4)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == State.COMPLETE
+
+
+def workflow_status_get(*, user: AbstractBaseUser, workflow_id: Any) -> WorkflowStatus:
     """The IDE's status of one workflow the user may see: one narrow query (five columns,
     no joins beyond membership) and no model instance."""
     workflow_id = workflow_uuid(workflow_id)
-    row = (
-        Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
-        .values_list("state", "current_role", "last_phase", "awaiting_approval", "regression_count")
-        .first()
+    rows = Workflow.objects.filter(project__memberships__user=user, pk=workflow_id)
+    try:
+        state, role, last_phase, awaiting, regressions = rows.values_list(
+            "state", "current_role", "last_phase", "awaiting_approval", "regression_count"
+        ).get()
+    except Workflow.DoesNotExist:
+        raise WorkflowNotFound() from None
+    return WorkflowStatus(
+        id=workflow_id,
+        state=state,
+        current_role=role,
+        completed_phases=phases_completed(state=state, last_phase=last_phase),
+        awaiting_approval=awaiting,
+        regression_count=regressions,
     )
-    if row is None:
-        raise WorkflowNotFound()
-    state, role, last_phase, awaiting, regressions = row
-    completed = phases_completed(state=state, last_phase=last_phase)
-    return {
-        "workflow_id": str(workflow_id),
-        "current_state": state,
-        "progress": round(len(completed) / len(PHASES), 4),
-        "completed_phases": completed,
-        "next_role": role,
-        "is_complete": state == State.COMPLETE,
-        "awaiting_approval": awaiting,
-        "regression_count": regressions,
-    }
 
 
 def workflow_events(*, workflow: Workflow, after: int = 0) -> QuerySet[WorkflowEvent]:
@@ -162,6 +187,60 @@ def dashboard_snapshot(*, user: AbstractBaseUser) -> tuple[list[Any], list[dict]
         .order_by("-created_at", "-id")[:DASHBOARD_SNAPSHOT_SIZE]
     )
     return project_ids, [workflow_summary(workflow) for workflow in workflows]
+
+
+@dataclass(frozen=True)
+class SocketCredential:
+    """What a websocket authenticated with: an API token (by id), else a session (by key)."""
+
+    user_id: int
+    token_id: int | None = None
+    session_key: str | None = None
+
+
+class SocketAccess(enum.Enum):
+    OK = "ok"
+    UNAUTHENTICATED = "unauthenticated"  # token revoked, session ended, user inactive or gone
+    NOT_FOUND = "not_found"  # no such workflow, or no longer a member of its project
+
+
+def socket_credential_valid(*, credential: SocketCredential) -> bool:
+    """Whether a websocket's credential still authenticates its user: the token is not
+    revoked, or the session still exists, has not expired and still verifies (a password
+    change ends it); and the user still exists and is active."""
+    if credential.token_id is not None:
+        return ApiToken.objects.filter(
+            pk=credential.token_id, user_id=credential.user_id, user__is_active=True
+        ).exists()
+    if credential.session_key is not None:
+        # A fresh load, not the handshake's cached copy, through Django's own check.
+        request = HttpRequest()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(
+            credential.session_key
+        )
+        user = get_user(request)
+        return user.is_authenticated and user.is_active and user.pk == credential.user_id
+    return get_user_model()._default_manager.filter(pk=credential.user_id, is_active=True).exists()
+
+
+def workflow_socket_access(*, credential: SocketCredential, workflow_id: Any) -> SocketAccess:
+    """Whether a workflow's websocket may stay open (two queries at most)."""
+    if not socket_credential_valid(credential=credential):
+        return SocketAccess.UNAUTHENTICATED
+    visible = Workflow.objects.filter(
+        pk=workflow_id, project__memberships__user_id=credential.user_id
+    ).exists()
+    return SocketAccess.OK if visible else SocketAccess.NOT_FOUND
+
+
+def dashboard_socket_projects(*, credential: SocketCredential) -> set[Any] | None:
+    """The ids of the projects a dashboard websocket may follow; None if its credential no
+    longer authenticates."""
+    if not socket_credential_valid(credential=credential):
+        return None
+    return set(
+        Project.objects.filter(memberships__user_id=credential.user_id).values_list("id", flat=True)
+    )
 
 
 def workflow_check_runs(*, workflow: Workflow) -> QuerySet[CheckRun]:

@@ -12,6 +12,7 @@ limit) is decided by `phase_outcome_decide`, a pure function of the evidence and
 project's settings.
 """
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
@@ -56,11 +58,7 @@ from workflows.models import (
     WorkItem,
 )
 from workflows.models_catalog import UnknownModel, model_resolve, model_settings_for
-from workflows.prompts import (
-    prompt_render,
-    prompt_template_active,
-    prompt_templates_active,
-)
+from workflows.prompts import prompt_render, prompt_template_active
 from workflows.request_ids import request_id_current
 from workflows.selectors import workflow_uuid
 from workflows.states import (
@@ -88,6 +86,8 @@ from workflows.work_items import (
     work_items_settle,
     work_items_unbooked_usage,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,8 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
     """The workflow row, locked, with its project, and the actor's project role (None for
     system actors). A workflow the user's projects do not hold is WorkflowNotFound.
 
-    A second query reads the active prompt templates (`workflow.active_templates`, by
-    role), which a transition into a new role renders. The project and template rows are
-    not locked: what a transition reads of them (gates, threshold, models, prompts) may
-    change concurrently without making the transition wrong."""
+    The project row is not locked: what a transition reads of it (gates, threshold,
+    models) may change concurrently without making the transition wrong."""
     queryset = (
         Workflow.objects.select_related("project")
         .select_for_update(of=("self",))
@@ -231,7 +229,6 @@ def workflow_lock(*, workflow_id: Any, actor: Actor) -> tuple[Workflow, str | No
         workflow = queryset.get()
     except Workflow.DoesNotExist as exc:
         raise WorkflowNotFound() from exc
-    workflow.active_templates = {template.role: template for template in prompt_templates_active()}
     return workflow, getattr(workflow, "member_role", None)
 
 
@@ -369,11 +366,10 @@ def _role_context_upsert(workflow: Workflow) -> None:
     role = workflow.current_role
     if role is None:
         return
-    # Read with the lock; initialize (nothing to lock) or a role without an active
-    # template (restored from the shipped default) reads it here.
-    template = getattr(workflow, "active_templates", {}).get(role)
-    if template is None:
-        template = prompt_template_active(role=role)
+    # Only the entered role's template is read, and only when a role is entered (not at
+    # the end, not by the lock's other users). It is not locked: a prompt published
+    # meanwhile is the next transition's.
+    template = prompt_template_active(role=role)
     model_settings = model_settings_for(
         name=workflow.model_name, role_setting=workflow.project.role_setting(role)
     )
@@ -1059,3 +1055,76 @@ def work_item_fail(
             final=final,
         )
     return True
+
+
+# --- projects --------------------------------------------------------------------------
+
+# What project_create and project_update may set: every field a person edits.
+PROJECT_FIELDS = frozenset(
+    field.name
+    for field in Project._meta.concrete_fields
+    if field.editable and not field.primary_key
+)
+
+
+def project_create(
+    *,
+    slug: str,
+    name: str,
+    actor: Actor,
+    owner: AbstractBaseUser | None = None,
+    **settings: Any,
+) -> Project:
+    """Create a project, validated as the model validates it; `owner` (if given) becomes
+    its owner member. Audited like a project change (`project_audit`)."""
+    _project_fields_check(settings)
+    project = Project(slug=slug, name=name, **settings)
+    project.full_clean()
+    with transaction.atomic():
+        project.save(force_insert=True)
+        if owner is not None:
+            Membership.objects.create(project=project, user=owner, role=MemberRole.OWNER)
+        project_audit(project=project, actor=actor, added=True, fields=[])
+    return project
+
+
+def project_update(*, project: Project, actor: Actor, **changes: Any) -> list[str]:
+    """Set `changes` on `project` under its row lock: only the fields whose stored value
+    differs are validated and written. Returns their names (audited if any)."""
+    _project_fields_check(changes)
+    with transaction.atomic():
+        stored = Project.objects.select_for_update().get(pk=project.pk)
+        changed = [name for name, value in changes.items() if getattr(stored, name) != value]
+        if not changed:
+            return []
+        for name in changed:
+            setattr(stored, name, changes[name])
+        stored.full_clean(exclude=sorted(PROJECT_FIELDS - set(changed)))
+        stored.save(update_fields=changed)
+        project_audit(project=stored, actor=actor, added=False, fields=changed)
+    for name in changed:  # the caller's instance follows, once it is stored
+        setattr(project, name, changes[name])
+    return changed
+
+
+def project_audit(*, project: Project, actor: Actor, added: bool, fields: list[str]) -> None:
+    """Record a project's creation or change: in the admin's history of the project (when
+    a person made it) and in the log. Field names only: never a value (secrets)."""
+    what = "created" if added else f"changed {', '.join(fields)}"
+    logger.info("project %s %s by %s", project.slug, what, actor.name)
+    if actor.user is None:
+        return
+    message = [{"added": {}}] if added else [{"changed": {"fields": fields}}]
+    LogEntry.objects.log_actions(
+        actor.user.pk,
+        [project],
+        ADDITION if added else CHANGE,
+        message,
+        single_object=True,
+    )
+
+
+def _project_fields_check(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - PROJECT_FIELDS)
+    if unknown:
+        raise TypeError(f"not project settings: {', '.join(unknown)}")

@@ -54,8 +54,12 @@ def plan_check(*, workflow: Workflow, evidence: dict) -> None:
 
 
 def work_items_from_plan(*, workflow: Workflow, phase_result: PhaseResult, evidence: dict) -> None:
-    """The plan's items as rows; the previous plan's rows are superseded (kept)."""
-    work_items_supersede(workflow=workflow)
+    """The plan's items as rows; the previous plan's rows are superseded (kept).
+
+    Items are made only from PLANNING results, so a workflow's first plan (attempt 1)
+    has none to supersede, and skips the two UPDATEs that would find nothing."""
+    if phase_result.attempt > 1:
+        work_items_supersede(workflow=workflow)
     graph = {item["id"]: item["depends_on"] for item in evidence["work_items"]}
     depth: dict[str, int] = {}
     for key in topological_order(graph):
@@ -161,19 +165,36 @@ def work_items_settle(*, workflow: Workflow, evidence: dict) -> None:
     files from the change set; every item's usage is now booked."""
     by_path = {change["path"]: change for change in evidence["files"]}
     now = timezone.now()
-    items = work_items_current(workflow_id=workflow.id).exclude(status=Status.DONE)
-    for item in items.select_for_update():
-        files = [by_path[path] for path in item.files if path in by_path]
-        item.status = Status.DONE
-        item.result_files = files
-        item.result_sha256 = sha256_text(canonical_json(files))
-        item.result_message = "completed with the whole change set"
-        item.worker_id = ""
-        item.lease_token = None
-        item.lease_expires_at = None
-        item.finished_at = now
-        item.save()
-    work_items_current(workflow_id=workflow.id).update(usage_booked=True)
+    for item in work_items_current(workflow_id=workflow.id).select_for_update():
+        fields = []
+        if item.status != Status.DONE:
+            files = [by_path[path] for path in item.files if path in by_path]
+            item.status = Status.DONE
+            item.result_files = files
+            item.result_sha256 = sha256_text(canonical_json(files))
+            item.result_message = "completed with the whole change set"
+            item.worker_id = ""
+            item.lease_token = None
+            item.lease_expires_at = None
+            item.finished_at = now
+            fields += SETTLED_FIELDS
+        if not item.usage_booked:
+            item.usage_booked = True
+            fields.append("usage_booked")
+        if fields:  # one UPDATE per item, of what changed
+            item.save(update_fields=fields)
+
+
+SETTLED_FIELDS = (
+    "status",
+    "result_files",
+    "result_sha256",
+    "result_message",
+    "worker_id",
+    "lease_token",
+    "lease_expires_at",
+    "finished_at",
+)
 
 
 def work_items_unbooked_usage(*, workflow_id: Any) -> dict:

@@ -13,29 +13,14 @@ from typing import Any
 
 from django.db import transaction
 
+from ai_orchestration.autopilot.serializers import RunOutputSerializer
 from ai_orchestration.models import AIRun
 from workflows.broadcast import workflow_live_frame_send
 
 
 def run_summary(run: AIRun) -> dict:
-    """The run as the API and the `ai.run` frame show it."""
-    return {
-        "id": str(run.id),
-        "workflow_id": str(run.workflow_id),
-        "status": run.status,
-        "scope": run.scope,
-        "phase": run.phase,
-        "provider": run.provider,
-        "model": run.model,
-        "phases_completed": run.phases_completed,
-        "attempts": run.attempts,
-        "input_tokens": run.input_tokens,
-        "output_tokens": run.output_tokens,
-        "cost_usd": str(run.cost_usd),
-        "error": run.error,
-        "stop_reason": run.stop_reason,
-        "request_id": run.request_id,
-    }
+    """The run as the API, the MCP tools and the `ai.run` frame show it."""
+    return dict(RunOutputSerializer(run).data)
 
 
 def run_frame_send(run: AIRun) -> None:

@@ -148,17 +148,17 @@ def autopilot_transition_follow(fact: TransitionCommitted) -> None:
 
 def autopilot_resume_after_items(*, workflow_id: Any, new_state: str) -> None:
     """IMPLEMENTATION was completed (its last work item, or complete-phase): the run that
-    waited for the items goes on with the next phase."""
+    waited for the items goes on with the next phase.
+
+    Most completions have no run waiting: one unlocked read says so, without a
+    transaction; a run found is locked and checked again before it is woken."""
+    waiting = AIRun.objects.filter(
+        workflow_id=workflow_id, status=AIRun.Status.WAITING, stop_reason=WAITING_FOR_ITEMS
+    )
+    if not waiting.exists():
+        return
     with transaction.atomic():
-        run = (
-            AIRun.objects.select_for_update()
-            .filter(
-                workflow_id=workflow_id,
-                status=AIRun.Status.WAITING,
-                stop_reason=WAITING_FOR_ITEMS,
-            )
-            .first()
-        )
+        run = waiting.select_for_update().first()
         if run is None:
             return
         run.phases_completed += 1

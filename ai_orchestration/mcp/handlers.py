@@ -23,11 +23,16 @@ from workflows.api.base import (
     ProjectOutputSerializer,
     WorkflowDetailSerializer,
     WorkflowSummarySerializer,
-    next_action,
 )
 from workflows.api.checks import CheckRunOutputSerializer
 from workflows.api.filters import WorkflowFilter
-from workflows.api.ide import CompletePhaseApi, InitializeApi, initialize_answer
+from workflows.api.ide import (
+    CompletePhaseApi,
+    InitializeApi,
+    initialize_answer,
+    phase_complete_answer,
+    status_answer,
+)
 from workflows.api.resources import (
     EventOutputSerializer,
     PhaseResultOutputSerializer,
@@ -42,7 +47,6 @@ from workflows.services import (
     TransitionOutcome,
     workflow_approve,
     workflow_cancel,
-    workflow_phase_complete,
     workflow_reject,
 )
 from workflows.states import PHASE_ROLE, PHASES, Transition
@@ -89,7 +93,7 @@ def workflow_open(*, user: AbstractBaseUser, **arguments: Any) -> dict:
 
 def status_get(*, user: AbstractBaseUser, workflow_id: str) -> dict:
     """GET /api/ai-workflows/status/<id>."""
-    return selectors.workflow_status_get(user=user, workflow_id=workflow_id)
+    return status_answer(user=user, workflow_id=workflow_id)
 
 
 def prompt_next(*, user: AbstractBaseUser, workflow_id: str) -> dict:
@@ -102,25 +106,7 @@ def prompt_next(*, user: AbstractBaseUser, workflow_id: str) -> dict:
 def phase_complete(*, user: AbstractBaseUser, **arguments: Any) -> dict:
     """POST /api/ai-workflows/complete-phase."""
     data = _valid(CompletePhaseApi.CompletePhaseInputSerializer, arguments)
-    outcome = workflow_phase_complete(
-        workflow_id=data["workflow_id"],
-        ai_response=data["ai_response"],
-        result=data["phase_result"],
-        actor=Actor.of(user),
-        expected_state=data.get("phase"),
-    )
-    workflow = outcome.workflow
-    body = {
-        "workflow_id": workflow.id,
-        "previous_state": outcome.previous_state,
-        "new_state": workflow.state,
-        "next_role": workflow.current_role,
-        "next_action": next_action(workflow),
-        "is_complete": workflow.is_complete,
-        "awaiting_approval": workflow.awaiting_approval,
-        "phase_result_id": outcome.phase_result.pk,
-    }
-    return CompletePhaseApi.CompletePhaseOutputSerializer(body).data
+    return phase_complete_answer(user=user, data=data)
 
 
 def _transitioned(user: AbstractBaseUser, outcome: TransitionOutcome) -> dict:

@@ -6,12 +6,13 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.views import APIView
 
+from workflows import selectors
 from workflows.api.idempotency import IdempotentMixin
 from workflows.api.throttling import auth_failure_throttle
 from workflows.authentication import TooManyFailures
 from workflows.models import Project, Workflow
 from workflows.serializer_fields import RoleModelsField
-from workflows.services import available_transitions
+from workflows.services import Actor, available_transitions, workflow_initialize
 
 
 class ApiView(IdempotentMixin, APIView):
@@ -36,6 +37,31 @@ def validated_data(serializer_class: type[serializers.Serializer], request: Any)
     return serializer.validated_data
 
 
+def workflow_open(
+    *,
+    user: Any,
+    project_ref: Any,
+    requirements: dict,
+    model_name: str | None = None,
+    build_id: str = "",
+    external_user_id: str = "",
+) -> Workflow:
+    """Open a workflow in one of `user`'s projects (by id or slug): the one create path of
+    `POST /api/ai-workflows/initialize`, `POST /api/workflows/` and the MCP tool. The
+    workflow carries the user's project role as `member_role`."""
+    project = selectors.project_get_for_user(user=user, project_ref=project_ref)
+    workflow = workflow_initialize(
+        project=project,
+        requirements=requirements,
+        actor=Actor.of(user),
+        model_name=model_name,
+        build_id=build_id,
+        external_user_id=external_user_id,
+    )
+    workflow.member_role = project.member_role
+    return workflow
+
+
 def next_action(workflow: Workflow) -> dict[str, Any]:
     """What the caller should do next with `workflow`, machine-readable."""
     if workflow.is_terminal:
@@ -56,6 +82,13 @@ def next_action(workflow: Workflow) -> dict[str, Any]:
         "prompt_url": reverse("api:ide-get-ai-prompt", args=[workflow.id]),
         "complete_url": reverse("api:ide-complete-phase"),
     }
+
+
+class NextActionField(serializers.DictField):
+    """`next_action` of the workflow the field's source points at (see `next_action`)."""
+
+    def to_representation(self, workflow: Workflow) -> dict[str, Any]:
+        return next_action(workflow)
 
 
 class ProjectOutputSerializer(serializers.Serializer):

@@ -6,14 +6,11 @@ worker for longer than two lease periods, or a check a layer above registered
 (workflows/health_checks.py; the autopilot's) says so.
 """
 
-import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -26,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows.api.base import ApiView
+from workflows.broadcast import channel_layer_roundtrip
 from workflows.health_checks import health_checks
 from workflows.models import WorkerBeat
 from workflows.serializer_fields import ChoiceField
@@ -55,15 +53,7 @@ def _database() -> dict:
 
 
 def _channel_layer() -> dict:
-    layer = get_channel_layer()
-
-    async def roundtrip() -> None:
-        channel = await layer.new_channel()
-        await layer.send(channel, {"type": "health.ping"})
-        await asyncio.wait_for(layer.receive(channel), timeout=2)
-
-    async_to_sync(roundtrip)()
-    return {"backend": type(layer).__name__}
+    return {"backend": channel_layer_roundtrip(timeout=2.0)}
 
 
 def _task_backend(now: datetime) -> dict:

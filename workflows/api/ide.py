@@ -8,14 +8,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows import selectors
-from workflows.api.base import ApiView, next_action, validated_data
+from workflows.api.base import ApiView, NextActionField, validated_data, workflow_open
 from workflows.api.schema import PhaseResultField, errors, phase_result_examples
 from workflows.serializer_fields import ChoiceField, ModelNameField
-from workflows.services import (
-    Actor,
-    workflow_initialize,
-    workflow_phase_complete,
-)
+from workflows.services import Actor, workflow_phase_complete
 from workflows.states import PHASES
 
 
@@ -58,10 +54,11 @@ class InitializeApi(ApiView):
         model = ModelNameField(required=False)
 
     class InitializeOutputSerializer(serializers.Serializer):
-        workflow_id = serializers.UUIDField()
-        initial_state = serializers.CharField()
-        system_prompt = serializers.CharField()
-        next_action = serializers.JSONField()
+        # Renders {"workflow": the opened workflow, "role_context": its first role's}.
+        workflow_id = serializers.UUIDField(source="workflow.id")
+        initial_state = serializers.CharField(source="workflow.state")
+        system_prompt = serializers.CharField(source="role_context.system_prompt")
+        next_action = NextActionField(source="workflow")
 
     @extend_schema(
         request=InitializeInputSerializer,
@@ -75,23 +72,17 @@ class InitializeApi(ApiView):
 def initialize_answer(*, user: Any, data: dict) -> dict:
     """Open the workflow that validated initialize input asks for; the answer's body (the
     REST endpoint and the MCP tool answer the same)."""
-    project = selectors.project_get_for_user(user=user, project_ref=data["project_id"])
-    workflow = workflow_initialize(
-        project=project,
+    workflow = workflow_open(
+        user=user,
+        project_ref=data["project_id"],
         requirements=data["requirements"],
-        actor=Actor.of(user),
         model_name=data.get("model"),
         build_id=data.get("build_id", ""),
         external_user_id=data.get("user_id", ""),
     )
     role_context = selectors.role_context_get(workflow=workflow, role=workflow.current_role)
-    body = {
-        "workflow_id": workflow.id,
-        "initial_state": workflow.state,
-        "system_prompt": role_context.system_prompt,
-        "next_action": next_action(workflow),
-    }
-    return InitializeApi.InitializeOutputSerializer(body).data
+    opened = {"workflow": workflow, "role_context": role_context}
+    return InitializeApi.InitializeOutputSerializer(opened).data
 
 
 class CompletePhaseApi(ApiView):
@@ -107,14 +98,15 @@ class CompletePhaseApi(ApiView):
         )
 
     class CompletePhaseOutputSerializer(serializers.Serializer):
-        workflow_id = serializers.UUIDField()
+        # Renders the service's TransitionOutcome.
+        workflow_id = serializers.UUIDField(source="workflow.id")
         previous_state = serializers.CharField()
-        new_state = serializers.CharField()
-        next_role = serializers.CharField(allow_null=True)
-        next_action = serializers.JSONField()
-        is_complete = serializers.BooleanField()
-        awaiting_approval = serializers.BooleanField()
-        phase_result_id = serializers.IntegerField()
+        new_state = serializers.CharField(source="workflow.state")
+        next_role = serializers.CharField(source="workflow.current_role", allow_null=True)
+        next_action = NextActionField(source="workflow")
+        is_complete = serializers.BooleanField(source="workflow.is_complete")
+        awaiting_approval = serializers.BooleanField(source="workflow.awaiting_approval")
+        phase_result_id = serializers.IntegerField(source="phase_result.pk")
 
     @extend_schema(
         request=CompletePhaseInputSerializer,
@@ -123,31 +115,25 @@ class CompletePhaseApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(self.CompletePhaseInputSerializer, request)
-        outcome = workflow_phase_complete(
-            workflow_id=data["workflow_id"],
-            ai_response=data["ai_response"],
-            result=data["phase_result"],
-            actor=Actor.of(request.user),
-            expected_state=data.get("phase"),
-        )
-        workflow = outcome.workflow
-        # The body is built ready to render (the serializer above documents it for OpenAPI).
-        return Response(
-            {
-                "workflow_id": str(workflow.id),
-                "previous_state": outcome.previous_state,
-                "new_state": workflow.state,
-                "next_role": workflow.current_role,
-                "next_action": next_action(workflow),
-                "is_complete": workflow.is_complete,
-                "awaiting_approval": workflow.awaiting_approval,
-                "phase_result_id": outcome.phase_result.pk,
-            }
-        )
+        return Response(phase_complete_answer(user=request.user, data=data))
+
+
+def phase_complete_answer(*, user: Any, data: dict) -> dict:
+    """Complete the phase that validated complete-phase input names; the answer's body
+    (the REST endpoint and the MCP tool answer the same)."""
+    outcome = workflow_phase_complete(
+        workflow_id=data["workflow_id"],
+        ai_response=data["ai_response"],
+        result=data["phase_result"],
+        actor=Actor.of(user),
+        expected_state=data.get("phase"),
+    )
+    return CompletePhaseApi.CompletePhaseOutputSerializer(outcome).data
 
 
 class StatusApi(ApiView):
     class StatusOutputSerializer(serializers.Serializer):
+        # Renders selectors.WorkflowStatus.
         workflow_id = serializers.UUIDField(source="id")
         current_state = serializers.CharField(source="state")
         progress = serializers.FloatField()
@@ -159,6 +145,10 @@ class StatusApi(ApiView):
 
     @extend_schema(responses={200: StatusOutputSerializer, **errors(404)})
     def get(self, request: Request, workflow_id: str) -> Response:
-        # The IDE polls this: the selector returns the body ready-made (the serializer
-        # above documents it for OpenAPI).
-        return Response(selectors.workflow_status_get(user=request.user, workflow_id=workflow_id))
+        return Response(status_answer(user=request.user, workflow_id=workflow_id))
+
+
+def status_answer(*, user: Any, workflow_id: Any) -> dict:
+    """The status body of one workflow the user may see (REST and MCP)."""
+    status = selectors.workflow_status_get(user=user, workflow_id=workflow_id)
+    return StatusApi.StatusOutputSerializer(status).data

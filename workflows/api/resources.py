@@ -4,7 +4,6 @@ import json
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -28,6 +27,7 @@ from workflows.api.base import (
     WorkflowDetailSerializer,
     WorkflowSummarySerializer,
     validated_data,
+    workflow_open,
 )
 from workflows.api.filters import WorkflowFilter
 from workflows.api.ide import RequirementsField
@@ -42,15 +42,16 @@ from workflows.api.pagination import (
 )
 from workflows.api.schema import PhaseResultField, errors
 from workflows.errors import ActionForbidden, WorkflowNotFound
-from workflows.models import Membership, Message, PhaseResult, Project, sandbox_env_problem
+from workflows.models import Message, PhaseResult, Project, sandbox_env_problem
 from workflows.release import workflow_release
 from workflows.serializer_fields import ChoiceField, ModelNameField, RoleModelsField
 from workflows.services import (
     Actor,
+    project_create,
+    project_update,
     workflow_approve,
     workflow_cancel,
     workflow_fail,
-    workflow_initialize,
     workflow_phase_complete,
     workflow_regress,
     workflow_reject,
@@ -183,9 +184,7 @@ class ProjectListApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(ProjectCreateSerializer, request)
-        with transaction.atomic():
-            project = Project.objects.create(**data)
-            Membership.objects.create(project=project, user=request.user, role=MemberRole.OWNER)
+        project = project_create(actor=Actor.of(request.user), owner=request.user, **data)
         project.member_role = MemberRole.OWNER
         return Response(ProjectOutputSerializer(project).data, status=status.HTTP_201_CREATED)
 
@@ -206,9 +205,7 @@ class ProjectDetailApi(ApiView):
             raise ActionForbidden("changing a project needs project role owner")
         serializer = ProjectInputSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        for field, value in serializer.validated_data.items():
-            setattr(project, field, value)
-        project.save(update_fields=list(serializer.validated_data) or None)
+        project_update(project=project, actor=Actor.of(request.user), **serializer.validated_data)
         return Response(ProjectOutputSerializer(project).data)
 
 
@@ -259,15 +256,13 @@ class WorkflowListApi(ApiView):
     )
     def post(self, request: Request) -> Response:
         data = validated_data(self.WorkflowCreateSerializer, request)
-        project = selectors.project_get_for_user(user=request.user, project_ref=data["project"])
-        workflow = workflow_initialize(
-            project=project,
+        workflow = workflow_open(
+            user=request.user,
+            project_ref=data["project"],
             requirements=data["requirements"],
-            actor=Actor.of(request.user),
             model_name=data.get("model"),
             build_id=data.get("build_id", ""),
         )
-        workflow.member_role = project.member_role
         return Response(WorkflowDetailSerializer(workflow).data, status=status.HTTP_201_CREATED)
 
 

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from workflows import selectors
-from workflows.api.base import ApiView, next_action, validated_data
+from workflows.api.base import ApiView, NextActionField, validated_data
 from workflows.api.pagination import PAGE_PARAMETERS, head, page_of, paginated
 from workflows.api.schema import errors
 from workflows.models import WorkItem
@@ -87,15 +87,18 @@ class WorkItemCompleteApi(ApiView):
         )
 
     class WorkItemCompleteOutputSerializer(serializers.Serializer):
+        # Renders {"item", "ready", "workflow" (as it now stands), "phase_completed"}.
         item = WorkItemOutputSerializer()
         ready = serializers.ListField(
             child=serializers.CharField(), help_text="Items this one made ready."
         )
-        state = serializers.CharField(help_text="The workflow's state after it.")
+        state = serializers.CharField(
+            source="workflow.state", help_text="The workflow's state after it."
+        )
         phase_completed = serializers.BooleanField(
             help_text="This was the last item: IMPLEMENTATION completed with all items."
         )
-        next_action = serializers.DictField()
+        next_action = NextActionField(source="workflow")
 
     @extend_schema(
         request=WorkItemCompleteInputSerializer,
@@ -113,11 +116,10 @@ class WorkItemCompleteApi(ApiView):
         )
         workflow = done.phase.workflow if done.phase else done.item.workflow
         workflow.refresh_from_db()
-        body = {
+        done_now = {
             "item": done.item,
             "ready": done.promoted,
-            "state": workflow.state,
+            "workflow": workflow,
             "phase_completed": done.phase is not None,
-            "next_action": next_action(workflow),
         }
-        return Response(self.WorkItemCompleteOutputSerializer(body).data)
+        return Response(self.WorkItemCompleteOutputSerializer(done_now).data)

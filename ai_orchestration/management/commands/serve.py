@@ -32,6 +32,7 @@ from django.utils.module_loading import import_string
 from ai_orchestration.inprocess_worker import worker_run
 from workflows.management.commands.topdog import api_token_create, validation_message
 from workflows.models import Membership, Project
+from workflows.services import Actor, project_create
 from workflows.states import MemberRole
 
 ADMIN_USERNAME = "admin"
@@ -81,16 +82,19 @@ def bootstrap_demo(*, password: str = "", demo: bool = True) -> Bootstrap | None
         with transaction.atomic():
             admin.save(force_insert=True)
             if demo:
-                project, _ = Project.objects.get_or_create(
-                    slug=DEMO_PROJECT_SLUG,
-                    defaults={
-                        "name": "Demo",
-                        "regression_limit": settings.TOPDOG_DEFAULT_REGRESSION_LIMIT,
-                    },
-                )
-                Membership.objects.update_or_create(
-                    project=project, user=admin, defaults={"role": MemberRole.OWNER}
-                )
+                project = Project.objects.filter(slug=DEMO_PROJECT_SLUG).first()
+                if project is None:
+                    project = project_create(
+                        slug=DEMO_PROJECT_SLUG,
+                        name="Demo",
+                        actor=Actor.of(admin),
+                        owner=admin,
+                        regression_limit=settings.TOPDOG_DEFAULT_REGRESSION_LIMIT,
+                    )
+                else:
+                    Membership.objects.update_or_create(
+                        project=project, user=admin, defaults={"role": MemberRole.OWNER}
+                    )
                 _, token = api_token_create(user=admin, name="demo")
                 project_slug = project.slug
     except IntegrityError:

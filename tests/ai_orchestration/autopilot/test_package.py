@@ -67,3 +67,24 @@ def test_a_run_frame_goes_only_after_commit(
 
     assert [frame["run"]["status"] for frame in sent] == ["queued", "cancelled"]
     assert {frame["type"] for frame in sent} == {"ai.run"}
+
+
+def test_run_bodies_and_frames_come_from_one_serializer(
+    api, project, user, sent, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given: the run serializer marks what it renders
+    from ai_orchestration.autopilot.serializers import RunOutputSerializer
+    from tests.workflows.api.test_bodies import MARK, mark
+
+    mark(monkeypatch, RunOutputSerializer)
+    workflow = workflow_for(project, user)
+
+    # when: a run is started over the API (its ai.run frame goes after commit) and listed
+    with django_capture_on_commit_callbacks(execute=True):
+        started = api.post(f"/api/workflows/{workflow.id}/runs/", {}, format="json")
+    listed = api.get(f"/api/workflows/{workflow.id}/runs/").json()["results"]
+
+    # then: the API's bodies and the frame are the same rendering
+    assert started.status_code == 202, started.json()
+    assert started.json()[MARK] == listed[0][MARK] == "RunOutputSerializer"
+    assert [frame["run"] for frame in sent] == [started.json()]

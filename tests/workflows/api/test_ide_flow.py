@@ -195,9 +195,9 @@ def _complete(api, workflow_id, phase, result=None) -> dict:
     return response.json()
 
 
-def test_bodies_built_without_a_serializer_match_their_documented_serializer(api, project):
-    # given: status and complete-phase build their bodies by hand for speed; OpenAPI
-    # documents them with these serializers
+def test_bodies_match_their_documented_serializer(api, project):
+    # given: status and complete-phase are rendered by the serializers OpenAPI documents
+    # them with (tests/workflows/api/test_bodies.py checks that they are)
     from workflows.api.ide import CompletePhaseApi, StatusApi
 
     workflow_id = api.post(

@@ -43,3 +43,27 @@ async def test_dashboard_refuses_anonymous(db):
         "type": "websocket.close",
         "code": CLOSE_UNAUTHORISED,
     }
+
+
+async def test_dashboard_cards_come_from_one_serializer(project, user, token, monkeypatch):
+    # given: the dashboard summary's serializer marks what it renders
+    from tests.workflows.api.test_bodies import MARK, mark
+    from workflows.summaries import DashboardSummarySerializer
+
+    mark(monkeypatch, DashboardSummarySerializer)
+    workflow = await database_sync_to_async(workflow_for)(project, user, description="mine")
+    ws = communicator("/ws/dashboard/", token)
+    connected, _ = await ws.connect()
+    assert connected
+
+    # when: the snapshot, then a change
+    snapshot = await ws.receive_json_from(timeout=5)
+    await complete(workflow, user, "DISCOVERY")
+    changed = await ws.receive_json_from(timeout=5)
+    await ws.disconnect()
+
+    # then: the snapshot's cards and the live one are the same rendering
+    assert [card[MARK] for card in snapshot["workflows"]] == ["DashboardSummarySerializer"]
+    assert changed["workflow"][MARK] == "DashboardSummarySerializer"
+    assert changed["workflow"]["state"] == "PLANNING"
+    assert set(changed["workflow"]) - {MARK} == set(DashboardSummarySerializer().fields)

@@ -42,8 +42,9 @@ def _members(groups: list[str]) -> dict[str, int]:
 
 @needs_redis
 async def test_hundreds_of_clients_leaving_at_once_leave_no_member_and_raise_nothing(
-    project, user, token
+    project, user, token, settings
 ):
+    settings.TOPDOG_WS_MAX_SOCKETS_PER_USER = WORKFLOW_CLIENTS + DASHBOARD_CLIENTS  # one user
     workflow = await database_sync_to_async(workflow_for)(project, user)
     groups = [workflow_group(workflow.id), project_group(project.id)]
     clients = [

@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from workflows.models import ApiToken, Membership, Project
+from workflows.services import Actor, project_create, project_update
 from workflows.states import PHASES, MemberRole
 
 # GitHub's rules: an owner is 1-39 letters, digits or inner hyphens; a repository name
@@ -240,46 +241,42 @@ class Command(BaseCommand):
                 f"--regression-limit must be between 0 and {MAX_REGRESSION_LIMIT}, got {limit}"
             )
 
-        project = Project.objects.select_for_update().filter(slug=slug).first()
-        created = project is None
-        if created:
-            project = Project(
-                slug=slug,
-                name=name,
-                repository=repository or "",
-                approval_gates=gates or [],
-                regression_limit=(
-                    limit if limit is not None else settings.TOPDOG_DEFAULT_REGRESSION_LIMIT
-                ),
-            )
-            changed = []
-        else:
-            wanted = {
-                "name": name,
-                "repository": repository,
-                "approval_gates": gates,
-                "regression_limit": limit,
-            }
-            changed = [
-                field
-                for field, value in wanted.items()
-                if value is not None and getattr(project, field) != value
-            ]
-            for field in changed:
-                setattr(project, field, wanted[field])
+        actor = Actor.system("manage.py topdog")
+        project = Project.objects.filter(slug=slug).first()
         try:
-            project.full_clean()
+            if project is None:
+                project_create(
+                    slug=slug,
+                    name=name,
+                    actor=actor,
+                    repository=repository or "",
+                    approval_gates=gates or [],
+                    regression_limit=(
+                        limit if limit is not None else settings.TOPDOG_DEFAULT_REGRESSION_LIMIT
+                    ),
+                )
+                changed = None
+            else:
+                wanted = {
+                    "name": name,
+                    "repository": repository,
+                    "approval_gates": gates,
+                    "regression_limit": limit,
+                }
+                changed = project_update(
+                    project=project,
+                    actor=actor,
+                    **{field: value for field, value in wanted.items() if value is not None},
+                )
         except ValidationError as exc:
             raise CommandError(f"invalid project: {validation_message(exc)}") from None
 
-        if created:
-            project.save()
+        if changed is None:
             self.stdout.write(self.style.SUCCESS(f"Created project {slug} ({name})."))
             self.stdout.write(
                 f"Add members with `manage.py topdog project member {slug} USERNAME --role owner`."
             )
         elif changed:
-            project.save()
             self.stdout.write(self.style.SUCCESS(f"Updated project {slug}: {', '.join(changed)}."))
         else:
             self.stdout.write(f"Project {slug} already exists; nothing to change.")

@@ -160,7 +160,14 @@
   }
 
   // Close codes of the websocket protocol (workflows/consumers.py).
-  var CLOSE = { UNAUTHORISED: 4401, NOT_FOUND: 4404, BAD_REQUEST: 4400, RESYNC: 4409 };
+  // TOO_MANY (too many open sockets or messages) reconnects with the usual backoff.
+  var CLOSE = {
+    UNAUTHORISED: 4401,
+    NOT_FOUND: 4404,
+    BAD_REQUEST: 4400,
+    RESYNC: 4409,
+    TOO_MANY: 4429,
+  };
 
   window.TopDogLive = {
     connect: connect,

@@ -196,7 +196,7 @@ def test_a_command_that_exits_right_after_its_commit_still_sends(tmp_path):
     script = textwrap.dedent(
         f"""
         import asyncio
-        from tests.workflows import test_broadcast as t
+        from tests.workflows.broadcast import test_broadcast as t
         from workflows import broadcast
 
         class Slow(t.RecordingLayer):
@@ -218,7 +218,7 @@ def test_a_command_that_exits_right_after_its_commit_still_sends(tmp_path):
     subprocess.run(
         [sys.executable, "-c", f"import django; django.setup()\n{script}"],
         check=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         env=env,
         timeout=60,
     )
@@ -233,3 +233,11 @@ def test_topdogs_redis_layer_is_not_waited_for_and_the_in_memory_one_is():
 
     assert broadcast._cross_process(BoundedRedisChannelLayer())
     assert not broadcast._cross_process(InMemoryChannelLayer())
+
+
+def test_the_health_roundtrip_runs_on_the_sender_loop_without_threads_of_its_own():
+    broadcast.channel_layer_roundtrip(timeout=2.0)  # the sender loop exists from here on
+    threads = threading.active_count()
+    for _ in range(20):
+        assert broadcast.channel_layer_roundtrip(timeout=2.0)
+    assert threading.active_count() == threads
