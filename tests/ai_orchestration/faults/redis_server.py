@@ -1,16 +1,21 @@
-"""A private `redis-server` for a test that restarts Redis: never the shared one.
+"""A private `redis-server` for a test that restarts Redis (never the shared one), and a
+listener on its channel layer.
 
 It runs on a port of its own (from TOPDOG_TEST_PORTS, e.g. `18400-18499`, when set; else
 one the system gives), without persistence, and `restart()` stops it and starts it again
 on the same port, as a Redis restart does to its clients.
 """
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from asgiref.sync import async_to_sync
+from channels_redis.core import RedisChannelLayer
 
 
 def redis_server_binary() -> str | None:
@@ -102,3 +107,41 @@ class PrivateRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class GroupListener:
+    """A channel on a Redis channel layer, joined to groups, as a websocket consumer of
+    another node would be: what the workers broadcast there, in the order it came."""
+
+    def __init__(self, url: str) -> None:
+        self.layer = RedisChannelLayer(hosts=[url], capacity=1000)
+        self.channel = async_to_sync(self.layer.new_channel)()
+        self.messages: list[dict] = []
+
+    def join(self, *groups: str) -> None:
+        for group in groups:
+            async_to_sync(self.layer.group_add)(group, self.channel)
+
+    def drain(self, quiet: float = 0.5) -> list[dict]:
+        """Everything received until nothing came for `quiet` seconds."""
+
+        async def receive_all() -> None:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self.layer.receive(self.channel), quiet)
+                except TimeoutError:
+                    return
+                self.messages.append(message)
+
+        async_to_sync(receive_all)()
+        return self.messages
+
+    def seqs(self, workflow_id: str) -> list[int]:
+        """The seq of every persisted event frame received for the workflow, in order."""
+        return [
+            frame["seq"]
+            for message in self.messages
+            if message.get("type") == "workflow.events"
+            for frame in message["frames"]
+            if frame["workflow_id"] == workflow_id
+        ]

@@ -60,7 +60,13 @@ from tests.ai_orchestration.faults.matrix import (
     pids_terminate,
 )
 from tests.ai_orchestration.faults.procs import backends_terminate, wait_for
-from tests.ai_orchestration.faults.redis_server import PrivateRedis, redis_server_binary
+from tests.ai_orchestration.faults.redis_server import (
+    GroupListener,
+    PrivateRedis,
+    redis_server_binary,
+)
+from workflows.broadcast import workflow_group
+from workflows.models import WorkflowEvent
 
 pytestmark = [
     pytest.mark.skipif(
@@ -78,14 +84,17 @@ FIGURES: list[dict] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _figures():
+def _figures(pytestconfig):
+    """The figures, written to ARTIFACT and shown in the test run's output."""
     yield
     if FIGURES:
         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
         ARTIFACT.write_text(json.dumps(FIGURES, indent=2))
-        print(f"\nfault matrix figures ({ARTIFACT}):")
+        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        write = reporter.write_line if reporter is not None else print
+        write(f"\nfault matrix figures ({ARTIFACT}):")
         for row in FIGURES:
-            print(json.dumps(row))
+            write(json.dumps(row))
 
 
 @pytest.fixture(scope="module")
@@ -186,16 +195,36 @@ def test_redis_restarted_mid_call(scenarios, model, redis, project, user):
     if redis is None:
         pytest.skip("redis-server is not installed: no private Redis to restart")
     scenario = _started(scenarios, project, user, "redis_restart")
+    marker = next(iter(scenario.workflows))
     hold = _hold_first(scenario, model, phase="PLANNING")
     call = hold.wait_held(30)
+    # the hit workflow's last call waits until a listener has joined after the restart
+    last = _hold_first(scenario, model, phase="DEPLOYMENT", after_chunks=1)
 
     scenario.fault(call)
     redis.stop()
     hold.release()  # the call's deltas and the phase's broadcasts meet a dead Redis
     time.sleep(1.0)
-    redis.start()
+    redis.start()  # empty: every group membership is gone with it
+    listener = GroupListener(redis.url)
+    listener.join(*(workflow_group(w.id) for w in scenario.workflows.values()))
+    last.wait_held(30)
+    last.release()
 
-    _finish(scenario)
+    figures = _finish(scenario)
+    # the workers broadcast again on the restarted Redis: every event committed after
+    # the listener joined reached it, in order, once (seq contiguous to the last)
+    listener.drain()
+    for workflow in scenario.workflows.values():
+        seqs = listener.seqs(str(workflow.id))
+        final = WorkflowEvent.objects.filter(workflow=workflow).count()
+        if seqs:
+            assert seqs == list(range(seqs[0], final + 1)), (workflow.id, seqs, final)
+    hit = scenario.workflows[marker]
+    assert listener.seqs(str(hit.id)), "nothing reached the listener after the restart"
+    figures["frames_after_restart"] = sum(
+        len(listener.seqs(str(w.id))) for w in scenario.workflows.values()
+    )
 
 
 def test_heartbeat_connection_ended_mid_call(scenarios, model, project, user):
