@@ -258,8 +258,10 @@ def _item_complete_and_book(
     run_id: Any, item: WorkItem, answer: dict, calls: list[Completion], lease: LeaseHeartbeat
 ) -> WorkItem:
     """Complete the item with the answer and count its calls on the run: in one
-    transaction, so neither is booked without the other."""
+    transaction, so neither is booked without the other. The run's row is locked first
+    (the lock order: a run before its workflow)."""
     with transaction.atomic():
+        list(AIRun.objects.select_for_update().filter(pk=run_id).values_list("pk"))
         done = work_item_complete(
             workflow_id=item.workflow_id,
             key=item.key,
