@@ -35,7 +35,7 @@ def fake_model(settings, fake_openai):
     settings.TOPDOG_PROVIDERS = providers
     settings.TOPDOG_LLM_DEADLINE_SECONDS = 60
     settings.TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS = 0.2
-    settings.TOPDOG_AUTOPILOT_LEASE_SECONDS = 1.2
+    settings.TOPDOG_AUTOPILOT_LEASE_SECONDS = 1.6
     return fake_openai
 
 

@@ -40,7 +40,9 @@ def _spawn(command: str, *args: str, log: Path) -> subprocess.Popen:
         # slow enough to be killed mid-stream, fast enough for CI
         "TOPDOG_OFFLINE_DELAY_MS": "40",
         "TOPDOG_AUTOPILOT_HEARTBEAT_SECONDS": "1",
-        "TOPDOG_AUTOPILOT_LEASE_SECONDS": "3",
+        # four heartbeats: a worker gives a lease up after three without a renewal, and a
+        # busy machine can delay one
+        "TOPDOG_AUTOPILOT_LEASE_SECONDS": "4",
         # the project's repository is not reachable from here; checks are not under test
         "TOPDOG_SANDBOX": "off",
     }

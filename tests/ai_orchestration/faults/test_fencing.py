@@ -36,7 +36,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(settings.BASE_DIR)
 API_KEY = "sk-test-faults-0123456789"
 LABEL = "discovery_evidence"
-HEARTBEAT, LEASE = 1, 3  # seconds: whole numbers, as the environment takes them
+HEARTBEAT, LEASE = 1, 4  # seconds: whole numbers, as the environment takes them
 TRIGGER = "topdog_test_refuse_renewal"
 
 
@@ -234,7 +234,7 @@ def test_a_killed_heartbeat_connection_is_replaced_and_the_run_goes_on(
     workflow = workflow_for(project, user, model_name="GPT4")
     text = json.dumps(evidence("DISCOVERY", document="# From A\nThe requirements."))
     pieces = [text[n : n + 8] for n in range(0, len(text), 8)]
-    fake_model.script(ok(chunks=pieces, chunk_delay=(2 * LEASE) / len(pieces)))
+    fake_model.script(ok(chunks=pieces, chunk_delay=(1.5 * LEASE) / len(pieces)))
     worker(processes, "worker-a")
     processes("watchdog", "autopilot_watchdog", "--interval", "0.2")
     run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user), scope="phase")
