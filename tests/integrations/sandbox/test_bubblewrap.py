@@ -5,22 +5,40 @@ to run the next request, change nothing outside the worktree, and show no secret
 
 import hashlib
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from integrations.sandbox import SandboxLimits, junit_parse
+from integrations.sandbox import SandboxLimits, bubblewrap, junit_parse
 from integrations.sandbox.base import LIVE_LINES_MAX, LIVE_TRUNCATED, LOG_MAX_BYTES
 from integrations.sandbox.bubblewrap import SANDBOX_UID_BASE, SANDBOX_UID_SPAN
 from tests.integrations.sandbox.conftest import CANARY, LIMITS
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 
+# The sandbox uids this test process's runs were given: another suite running sandboxes
+# on the same machine at the same time uses other (random) uids, so its processes are
+# not mistaken for ours.
+USED_UIDS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _record_sandbox_uids(monkeypatch):
+    real = secrets.randbelow
+
+    def recording(span: int) -> int:
+        value = real(span)
+        USED_UIDS.add(SANDBOX_UID_BASE + value)
+        return value
+
+    monkeypatch.setattr(bubblewrap.secrets, "randbelow", recording)
+
 
 def sandbox_processes() -> list[int]:
-    """Host pids running as a sandbox uid: none may outlive a run."""
+    """Host pids running as a sandbox uid this process used: none may outlive a run."""
     pids = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -29,7 +47,7 @@ def sandbox_processes() -> list[int]:
             uid = os.stat(f"/proc/{name}").st_uid
         except OSError:
             continue
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN:
+        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN and uid in USED_UIDS:
             pids.append(int(name))
     return pids
 
@@ -46,8 +64,7 @@ def assert_still_works(backend, request_for):
 
 
 def no_sandbox_processes_left(seconds: float = 3.0) -> bool:
-    """No sandbox process outlives a run (killed ones get a moment to be reaped). Note:
-    another suite running sandboxes on the same machine at the same time shows up here."""
+    """No sandbox process outlives a run (killed ones get a moment to be reaped)."""
     deadline = time.monotonic() + seconds
     while sandbox_processes():
         if time.monotonic() > deadline:
