@@ -135,9 +135,13 @@ class _Consumer(AsyncJsonWebsocketConsumer):
         interval = settings.TOPDOG_WS_HEARTBEAT_SECONDS
         loop = asyncio.get_running_loop()
         due = loop.time() + interval
-        while not self.closing:
+        task = asyncio.current_task()
+        while not self.closing and not task.cancelling():
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel that
+            # lands as its timeout fires, and this loop would then never end.
             try:
-                await asyncio.wait_for(self.recheck.wait(), timeout=max(0.0, due - loop.time()))
+                async with asyncio.timeout(max(0.0, due - loop.time())):
+                    await self.recheck.wait()
             except TimeoutError:
                 pass
             except asyncio.CancelledError:
