@@ -48,6 +48,12 @@ CHECK_SECONDS = 0.5
 FIRST_RETRY_SECONDS = 0.05
 
 
+def _retry_pause(failures: int, cap: float) -> float:
+    """The pause after the `failures`-th failed try in a row: doubling from
+    FIRST_RETRY_SECONDS, at most `cap` (one heartbeat interval)."""
+    return min(cap, FIRST_RETRY_SECONDS * 2 ** (failures - 1))
+
+
 class Hold(enum.Enum):
     """What a renewal or a check found."""
 
@@ -146,9 +152,7 @@ class LeaseHeartbeat(threading.Thread):
             except Exception as exc:
                 failures += 1
                 self._failed(exc, failures)
-                next_renewal = time.monotonic() + min(
-                    self.interval, FIRST_RETRY_SECONDS * 2 ** (failures - 1)
-                )
+                next_renewal = time.monotonic() + _retry_pause(failures, self.interval)
                 continue
             if failures:
                 logger.info(
@@ -265,7 +269,7 @@ def holder_write(
                 connection.close()  # a broken pooled connection is discarded
             except DatabaseError:
                 logger.exception("%s: closing a broken connection failed", lease.label)
-            time.sleep(min(lease.interval, FIRST_RETRY_SECONDS * 2 ** (failures - 1)))
+            time.sleep(_retry_pause(failures, lease.interval))
 
 
 # --- the two kinds of lease ---------------------------------------------------------------

@@ -239,14 +239,8 @@ def _orphan_requeue(*, run_id: Any, quiet: Any) -> bool:
         )
         if run is None or (run.heartbeat_at and run.heartbeat_at >= quiet):
             return False
-        if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
-            run_finish(run, AIRun.Status.FAILED, error="its task was lost too often; giving up")
-            return False
-        logger.warning("run %s is queued with no task (lost with its worker); queueing one", run.id)
-        run.recoveries += 1
-        run.save(update_fields=["recoveries"])
-        run_enqueue_after_commit(run.id)
-        return True
+        logger.warning("run %s is queued with no task (lost with its worker)", run.id)
+        return _run_recover(run, giving_up="its task was lost too often; giving up")
 
 
 def _work_items_reap(now: Any) -> None:
@@ -270,22 +264,27 @@ def _run_reap(*, run_id: Any, now: Any) -> bool:
         )
         if run is None:
             return False
-        if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
-            run_finish(
-                run,
-                AIRun.Status.FAILED,
-                error=f"its worker stopped {run.recoveries + 1} times (last seen "
-                f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
-            )
-            return False
-        logger.warning("run %s lost its worker %s; re-queueing", run.id, run.worker_id)
-        run.status = AIRun.Status.QUEUED
-        run.worker_id = ""
-        run.lease_token = None  # the old holder is fenced off from here on
-        run.recoveries += 1
-        run.save(update_fields=["status", "worker_id", "lease_token", "recoveries"])
-        run_enqueue_after_commit(run.id)
-        return True
+        logger.warning("run %s lost its worker %s", run.id, run.worker_id)
+        return _run_recover(
+            run,
+            giving_up=f"its worker stopped {run.recoveries + 1} times (last seen "
+            f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
+        )
+
+
+def _run_recover(run: AIRun, *, giving_up: str) -> bool:
+    """Queue the locked `run` again with a new task (True), or fail it with `giving_up`
+    once it was recovered TOPDOG_AUTOPILOT_MAX_RECOVERIES times."""
+    if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
+        run_finish(run, AIRun.Status.FAILED, error=giving_up)
+        return False
+    run.status = AIRun.Status.QUEUED
+    run.worker_id = ""
+    run.lease_token = None  # the old holder is fenced off from here on
+    run.recoveries += 1
+    run.save(update_fields=["status", "worker_id", "lease_token", "recoveries"])
+    run_enqueue_after_commit(run.id)
+    return True
 
 
 def run_finish(run: AIRun, status: str, *, error: str = "", stop_reason: str = "") -> None:

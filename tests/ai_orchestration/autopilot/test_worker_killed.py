@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
+from tests.ai_orchestration.faults.procs import database_url, wait_for
 from tests.factories import workflow_for
 from workflows.models import PhaseResult, Workflow, WorkItem
 from workflows.services import Actor
@@ -22,20 +22,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(settings.BASE_DIR)
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    return (
-        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
-
-
 def _spawn(command: str, *args: str, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "DJANGO_SETTINGS_MODULE": "topdog.settings",
         # slow enough to be killed mid-stream, fast enough for CI
         "TOPDOG_OFFLINE_DELAY_MS": "40",
@@ -56,16 +46,6 @@ def _spawn(command: str, *args: str, log: Path) -> subprocess.Popen:
     )
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkilled_worker_is_replaced_and_no_phase_is_completed_twice(project, user, tmp_path):
     workflow = workflow_for(project, user, description="Survive a crash. Finish anyway.")
     run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
@@ -74,7 +54,7 @@ def test_sigkilled_worker_is_replaced_and_no_phase_is_completed_twice(project, u
     processes = [first]
     try:
         # the first worker is in the middle of a phase (past DISCOVERY, streaming)
-        _wait(
+        wait_for(
             lambda: AIRun.objects.filter(
                 pk=run.pk, status=AIRun.Status.RUNNING, phases_completed__gte=2
             ).exists(),
@@ -91,7 +71,7 @@ def test_sigkilled_worker_is_replaced_and_no_phase_is_completed_twice(project, u
         processes.append(
             _spawn("autopilot_watchdog", "--interval", "0.5", log=tmp_path / "watchdog.log")
         )
-        _wait(
+        wait_for(
             lambda: (
                 print(
                     AIRun.objects.filter(pk=run.pk)

@@ -26,6 +26,7 @@ from django.db import connection
 from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
 from tests.ai_orchestration.fakes import FakeOpenAI, hang, ok
+from tests.ai_orchestration.faults.procs import database_url
 from tests.conftest import on_postgres
 from tests.factories import evidence, workflow_for
 from workflows.models import PhaseResult, Workflow
@@ -54,7 +55,7 @@ def processes(tmp_path, fake_model):
     def spawn(name: str, *args: str) -> subprocess.Popen:
         env = {
             **os.environ,
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": database_url(),
             "DJANGO_SETTINGS_MODULE": "topdog.settings",
             "OPENAI_BASE_URL": fake_model.base_url,
             "OPENAI_API_KEY": API_KEY,
@@ -88,16 +89,6 @@ def processes(tmp_path, fake_model):
 
 def worker(spawn, name: str) -> subprocess.Popen:
     return spawn(name, "db_worker", "--no-reload", "--interval", "0.1", "--no-startup-delay")
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    return (
-        f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-    )
 
 
 def wait_for(predicate, timeout: float, what: str):
