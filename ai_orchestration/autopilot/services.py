@@ -7,6 +7,7 @@ commit (`frames.run_frame_send`), and so does the task that works the run's next
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -240,7 +241,7 @@ def _orphan_requeue(*, run_id: Any, quiet: Any) -> bool:
         if run is None or (run.heartbeat_at and run.heartbeat_at >= quiet):
             return False
         logger.warning("run %s is queued with no task (lost with its worker)", run.id)
-        return _run_recover(run, giving_up="its task was lost too often; giving up")
+        return _run_recover(run, giving_up=lambda: "its task was lost too often; giving up")
 
 
 def _work_items_reap(now: Any) -> None:
@@ -267,16 +268,16 @@ def _run_reap(*, run_id: Any, now: Any) -> bool:
         logger.warning("run %s lost its worker %s", run.id, run.worker_id)
         return _run_recover(
             run,
-            giving_up=f"its worker stopped {run.recoveries + 1} times (last seen "
+            giving_up=lambda: f"its worker stopped {run.recoveries + 1} times (last seen "
             f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
         )
 
 
-def _run_recover(run: AIRun, *, giving_up: str) -> bool:
-    """Queue the locked `run` again with a new task (True), or fail it with `giving_up`
-    once it was recovered TOPDOG_AUTOPILOT_MAX_RECOVERIES times."""
+def _run_recover(run: AIRun, *, giving_up: Callable[[], str]) -> bool:
+    """Queue the locked `run` again with a new task (True), or fail it with the error
+    `giving_up()` once it was recovered TOPDOG_AUTOPILOT_MAX_RECOVERIES times."""
     if run.recoveries >= settings.TOPDOG_AUTOPILOT_MAX_RECOVERIES:
-        run_finish(run, AIRun.Status.FAILED, error=giving_up)
+        run_finish(run, AIRun.Status.FAILED, error=giving_up())
         return False
     run.status = AIRun.Status.QUEUED
     run.worker_id = ""
