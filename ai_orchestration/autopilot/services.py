@@ -268,8 +268,10 @@ def _run_reap(*, run_id: Any, now: Any) -> bool:
         logger.warning("run %s lost its worker %s", run.id, run.worker_id)
         return _run_recover(
             run,
-            giving_up=lambda: f"its worker stopped {run.recoveries + 1} times (last seen "
-            f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up",
+            giving_up=lambda: (
+                f"its worker stopped {run.recoveries + 1} times (last seen "
+                f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); giving up"
+            ),
         )
 
 
