@@ -17,7 +17,12 @@ def tables(results: dict) -> str:
         "sandbox": sandbox_table,
         "graph": graph_table,
     }
-    blocks = [makers[part](results[part]) for part in results["parts"]]
+    blocks = [
+        f"{part}: FAILED, no figures ({results[part]['error']})"
+        if "error" in results[part]
+        else makers[part](results[part])
+        for part in results["parts"]
+    ]
     verdicts = ", ".join(
         f"{t['part']} {t['measured']}: {'PASS' if t['passed'] else 'MISS'}"
         for t in results["targets"]

@@ -171,20 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         server_env = {**os.environ, **env, "REDIS_URL": args.redis or "", "BENCH_PEERS": "0"}
         for part in args.only:
             started = time.monotonic()
-            with ExitStack() as part_cleanup:  # this part's servers stop before the next
-                if part == "api":
-                    config = Config.quick() if args.quick else Config.full()
-                    found = _bench(config, dbs, base, server_env, args.app, part_cleanup)
-                elif part == "ws":
-                    found = _bench_ws(args, dbs, base, server_env, part_cleanup)
-                elif part == "prompt":
-                    found = _bench_prompt(args, base)
-                elif part == "peers":
-                    found = _bench_peers(args, dbs, base)
-                elif part == "graph":
-                    found = _bench_graph(args, base)
-                else:
-                    found = _bench_sandbox(args, base)
+            try:
+                found = _bench_part(part, args, dbs, base, server_env)
+            except Exception as exc:  # one broken part must not lose the others' figures
+                _log(f"{part}: FAILED: {type(exc).__name__}: {exc}")
+                found = {"error": f"{type(exc).__name__}: {exc}", "targets": []}
             found["duration_s"] = round(time.monotonic() - started, 1)
             _log(f"{part}: done in {found['duration_s']} s")
             results[part] = found
@@ -204,7 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     _log(f"wrote {out.relative_to(REPO)}")
     missed = [t["measured"] for t in results["targets"] if not t["passed"]]
-    return 1 if args.strict and missed else 0
+    failed = [part for part in args.only if "error" in results[part]]
+    return 1 if args.strict and (missed or failed) else 0
+
+
+def _bench_part(
+    part: str, args: argparse.Namespace, dbs: Databases, base: "Base", server_env: dict
+) -> dict:
+    """Run one part; its servers stop before the next part starts."""
+    with ExitStack() as part_cleanup:
+        if part == "api":
+            config = Config.quick() if args.quick else Config.full()
+            return _bench(config, dbs, base, server_env, args.app, part_cleanup)
+        if part == "ws":
+            return _bench_ws(args, dbs, base, server_env, part_cleanup)
+        if part == "prompt":
+            return _bench_prompt(args, base)
+        if part == "peers":
+            return _bench_peers(args, dbs, base)
+        if part == "graph":
+            return _bench_graph(args, base)
+        return _bench_sandbox(args, base)
 
 
 def _setup() -> "Base":

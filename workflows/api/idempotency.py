@@ -108,7 +108,7 @@ class IdempotentMixin:
             user=request.user,
             key=key,
             fingerprint=request_fingerprint(
-                method=request.method, path=request.get_full_path(), body=request._request.body
+                method=request.method, path=request.get_full_path(), body=request.body
             ),
         )
         if replay:
