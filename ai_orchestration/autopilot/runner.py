@@ -346,8 +346,14 @@ def _phase_submit(
     if phase == State.TESTING:
         evidence = testing_evidence_from_run(evidence=evidence, run=check)
     ai_response = final.content
-    if phase == "DEPLOYMENT":
+    if phase == State.DEPLOYMENT:
         # The RELEASE_MANAGER's record is replaced by the real one: push, pull request.
+        # A push cannot be rolled back with the transaction that fences completions, so
+        # a worker pushes only while the run is still its own.
+        if not _still_held(run, lease):
+            logger.warning("run %s: lease lost before the release; nothing pushed", run.id)
+            _book_calls(run, calls)
+            return None
         try:
             evidence, summary = release_make(workflow=workflow)
         except ReleaseFailed as exc:
@@ -387,6 +393,14 @@ def _phase_submit(
             _finish(run, lease, AIRun.Status.STOPPED, stop_reason=_moved_on(phase, state))
             return None
         return run, None
+
+
+def _still_held(run: AIRun, lease: LeaseHeartbeat) -> bool:
+    """The worker's lease holds (in memory) and the run's row still names its token."""
+    if lease.lost:
+        return False
+    current = AIRun.objects.filter(pk=run.id).first()
+    return current is not None and run_held(current, lease.token)
 
 
 def _phase_complete_and_book(

@@ -3,12 +3,14 @@
 import json
 import logging
 import subprocess
+import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection
 
+from ai_orchestration.autopilot import runner
 from ai_orchestration.autopilot.runner import autopilot_step
 from ai_orchestration.autopilot.services import autopilot_start
 from ai_orchestration.models import AIRun
@@ -185,6 +187,36 @@ def test_autopilot_release_failure_fails_the_run_not_the_workflow(
     assert "create a new token" in run.error and "ghp_test_wrong" not in run.error
     workflow.refresh_from_db()
     assert workflow.state == "DEPLOYMENT"
+
+
+def test_a_worker_whose_lease_was_taken_during_the_call_pushes_nothing(
+    github_project, user, fake_github, monkeypatch
+):
+    # given: a run at DEPLOYMENT whose worker loses the run while the model answers
+    workflow = _to_deployment(workflow_for(github_project, user), user, change=CHANGE)
+    run = autopilot_start(workflow_id=workflow.id, actor=Actor.of(user))
+    real_call = runner.complete_with_retries
+
+    def call_then_taken_over(*args, **kwargs):
+        completion = real_call(*args, **kwargs)
+        AIRun.objects.filter(pk=run.id).update(lease_token=uuid.uuid4())  # another claim
+        return completion
+
+    monkeypatch.setattr(runner, "complete_with_retries", call_then_taken_over)
+    branches_before = dict(fake_github.repos["acme/shop"].refs)
+
+    # when
+    autopilot_step(run_id=run.id, worker_id="stale")
+
+    # then: no branch, commit or pull request, and the phase is left to the new holder
+    repo = fake_github.repos["acme/shop"]
+    assert repo.pulls == []
+    assert repo.refs == branches_before
+    workflow.refresh_from_db()
+    assert workflow.state == "DEPLOYMENT"
+    assert not PhaseResult.objects.filter(workflow=workflow, phase="DEPLOYMENT").exists()
+    run.refresh_from_db()
+    assert run.status == AIRun.Status.RUNNING and run.attempts == 1  # its call is booked
 
 
 def test_git_remote_gets_exactly_the_change_set(project, user, api, tmp_path, settings):
