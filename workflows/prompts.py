@@ -21,9 +21,10 @@ def prompt_template_active(*, role: str) -> PromptTemplate:
     Two workers may find none at once: a role with no version yet has no row to lock, so
     both take version 1 and the second insert violates the unique version. That one
     (rolled back to its savepoint) reads the template the first restored."""
-    template = PromptTemplate.objects.filter(role=role, active=True).first()
-    if template is not None:
-        return template
+    try:  # one active template per role (constraint prompt_one_active_per_role)
+        return PromptTemplate.objects.get(role=role, active=True)
+    except PromptTemplate.DoesNotExist:
+        pass
     try:
         return prompt_template_publish(
             role=role, body=DEFAULT_PROMPTS[role], actor=None, note="shipped default (restored)"
