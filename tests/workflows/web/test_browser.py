@@ -7,6 +7,8 @@ browser starts: Playwright's sync API keeps an event loop running in this thread
 Django refuses ORM calls.
 """
 
+import time
+
 import pytest
 
 from tests.factories import MembershipFactory, ProjectFactory, api_token_for, evidence
@@ -30,6 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LIVE = 10_000  # ms to wait for something pushed over a websocket
+# s the cancel answer is held back: longer than the worker takes to see the cancel (its
+# cancel check runs every 0.5 s), so its frame arrives first
+CANCEL_ANSWER_DELAY = 2.0
 PHASES = ("DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION", "DEPLOYMENT")
 
 
@@ -283,13 +288,35 @@ def test_runs_started_from_the_page_fail_visibly_succeed_live_and_stop_at_gates(
             expect(page.get_by_test_id("workflow-state")).to_have_text("Complete", timeout=30_000)
             expect(runs.first.get_by_test_id("run-status")).to_have_text("completed", timeout=LIVE)
 
-            # when: she cancels a run while it works
+            # when: she cancels a run while it works, and the cancel request's answer
+            # (the run still running, its cancel requested) reaches the page only after
+            # the worker's `ai.run` frame saying it was cancelled
+            answered = []
+
+            def answer_late(route):
+                response = route.fetch()
+                time.sleep(CANCEL_ANSWER_DELAY)
+                route.fulfill(response=response)
+                answered.append(response.json()["status"])
+
+            page.route("**/cancel/", answer_late)
             cancelled = ide.open("demo", "Rate limit the public API")
             page.goto(f"/dashboard/workflows/{cancelled}/")
             page.get_by_role("button", name="Start autopilot").click()
             page.get_by_role("button", name="Cancel run").click(timeout=LIVE)
-            # then: it stops, and a new one may be started
-            expect(runs.first.get_by_test_id("run-status")).to_have_text("cancelled", timeout=LIVE)
+            # then: it stops, stays stopped once the late answer is in, and a new one may
+            # be started
+            status = runs.first.get_by_test_id("run-status")
+            expect(status).to_have_text("cancelled", timeout=LIVE)
+            deadline = time.monotonic() + LIVE / 1000
+            while not answered and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            assert len(answered) == 1
+            shown = set()
+            for _ in range(40):  # a second after the late answer: never active again
+                shown.add(status.inner_text())
+                page.wait_for_timeout(25)
+            assert shown == {"cancelled"}
             expect(page.get_by_role("button", name="Start autopilot")).to_be_visible()
             assert page.get_by_test_id("workflow-state").inner_text() != "Complete"
 

@@ -239,7 +239,13 @@
       })
       .then(function (body) {
         if (!body) return;
-        runs = body.results || [];
+        var known = {};
+        runs.forEach(function (run) {
+          known[run.id] = run;
+        });
+        runs = (body.results || []).map(function (run) {
+          return latest(known[run.id], run);
+        });
         runsLoaded = true;
         renderRuns();
       })
@@ -248,11 +254,19 @@
       });
   }
 
+  // A run never starts again once it has ended. An answer read before it ended (the
+  // cancel request's own response, a list fetched a moment earlier) can arrive after the
+  // `ai.run` frame that ended it; it must not show the run active again, since no later
+  // frame would correct it.
+  function latest(known, incoming) {
+    return known && !isActive(known) && isActive(incoming) ? known : incoming;
+  }
+
   function upsertRun(run) {
     if (!run || !run.id) return;
     for (var i = 0; i < runs.length; i++) {
       if (runs[i].id === run.id) {
-        runs[i] = run;
+        runs[i] = latest(runs[i], run);
         renderRuns();
         return;
       }
