@@ -16,7 +16,7 @@ from django.db import transaction
 
 from ai_orchestration.autopilot.runner import StepHooks, autopilot_step
 from ai_orchestration.autopilot.selectors import run_get
-from ai_orchestration.autopilot.services import autopilot_start
+from ai_orchestration.autopilot.services import WAITING_FOR_ITEMS, autopilot_start
 from ai_orchestration.management.console import (
     ExitCode,
     Follower,
@@ -28,6 +28,9 @@ from ai_orchestration.models import AIRun
 from workflows.errors import ProjectNotFound
 from workflows.models import Membership, Project, Workflow
 from workflows.services import Actor, workflow_initialize
+
+# How often the command looks at a run another worker holds.
+FOLLOW_SECONDS = 0.2
 
 
 class Command(LiveCommand):
@@ -83,7 +86,7 @@ class Command(LiveCommand):
         hooks = StepHooks(on_delta=follower.delta, on_output=follower.output)
         started = time.monotonic()
         follower.poll()
-        while autopilot_step(run_id=run.id, worker_id="cli", hooks=hooks):
+        while self._step_or_wait(run, hooks):
             follower.poll()
         follower.poll()
         run = run_get(run_id=run.id)
@@ -103,6 +106,20 @@ class Command(LiveCommand):
                 error=run.error,
             )
         return int(code)
+
+    def _step_or_wait(self, run: AIRun, hooks: StepHooks) -> bool:
+        """Work the run's next step here. A worker of a running server shares the task
+        queue and may claim a step (or the work items) first: then wait for it, and go
+        on with the run. False once the run has ended or waits at a gate."""
+        if autopilot_step(run_id=run.id, worker_id="cli", hooks=hooks):
+            return True
+        current = run_get(run_id=run.id)
+        waiting = current.status == AIRun.Status.WAITING
+        at_gate = waiting and current.stop_reason != WAITING_FOR_ITEMS
+        if not current.is_active or at_gate:
+            return False
+        time.sleep(FOLLOW_SECONDS)
+        return True
 
     def _user(self, project: Project, username: object) -> object:
         users = get_user_model().objects

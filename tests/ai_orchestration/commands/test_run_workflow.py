@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from ai_orchestration.autopilot import frames
 from ai_orchestration.autopilot.services import autopilot_cancel
 from ai_orchestration.management import console
+from ai_orchestration.management.commands import run_workflow as command
 from ai_orchestration.models import AIRun
 from tests.factories import MembershipFactory, ProjectFactory
 from workflows.models import Workflow
@@ -136,6 +137,32 @@ def test_a_cancelled_run_exits_3(project, user, monkeypatch):
     assert code == 3
     assert AIRun.objects.get().status == AIRun.Status.CANCELLED
     assert "■ autopilot run cancelled" in out
+
+
+def test_steps_another_worker_claims_first_are_followed_to_the_end(project, monkeypatch):
+    # given: a running server's worker shares the task queue and claims the PLANNING
+    # step before the command does
+    real_step = command.autopilot_step
+    taken = []
+
+    def server_first_at_planning(*, run_id, worker_id, hooks=None):
+        state = Workflow.objects.values_list("state", flat=True).get(ai_runs__id=run_id)
+        if state == "PLANNING" and not taken:
+            taken.append(real_step(run_id=run_id, worker_id="server"))
+            return False  # the command's own claim finds the run taken
+        return real_step(run_id=run_id, worker_id=worker_id, hooks=hooks)
+
+    monkeypatch.setattr(command, "autopilot_step", server_first_at_planning)
+
+    # when
+    code, out, err = run_workflow("--project", "demo", "Add dark mode to settings")
+
+    # then: the command waits for the other worker's step and works the rest itself
+    assert taken == [True]
+    assert code == 0, err
+    assert Workflow.objects.get().state == "COMPLETE"
+    assert AIRun.objects.get().status == AIRun.Status.COMPLETED
+    assert "✓ PLANNING evidence accepted" in out and "exit 0" in out
 
 
 def test_usage_errors_exit_4(project):
