@@ -32,8 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LIVE = 10_000  # ms to wait for something pushed over a websocket
-# s the cancel answer is held back: longer than the worker takes to see the cancel (its
-# cancel check runs every 0.5 s), so its frame arrives first
+# Seconds the cancel request's answer is held back: longer than the worker takes to see
+# the cancel (it checks every 0.5 s), so the worker's frame reaches the page first.
 CANCEL_ANSWER_DELAY = 2.0
 PHASES = ("DISCOVERY", "PLANNING", "IMPLEMENTATION", "TESTING", "VERIFICATION", "DEPLOYMENT")
 
