@@ -303,7 +303,13 @@ def test_runs_started_from_the_page_fail_visibly_succeed_live_and_stop_at_gates(
             cancelled = ide.open("demo", "Rate limit the public API")
             page.goto(f"/dashboard/workflows/{cancelled}/")
             page.get_by_role("button", name="Start autopilot").click()
-            page.get_by_role("button", name="Cancel run").click(timeout=LIVE)
+            # and: the Cancel button stays the same element while the run's frames update
+            # its row (one rebuilt per frame loses clicks that land between them)
+            cancel = page.get_by_role("button", name="Cancel run").element_handle(timeout=LIVE)
+            phase = runs.first.locator("td").nth(1)
+            expect(phase).not_to_have_text(phase.inner_text(), timeout=LIVE)
+            assert cancel.evaluate("button => button.isConnected") is True
+            cancel.click()
             # then: it stops, stays stopped once the late answer is in, and a new one may
             # be started
             status = runs.first.get_by_test_id("run-status")

@@ -284,42 +284,66 @@
     return td;
   }
 
+  function fill(td, text, className) {
+    if (td.textContent !== text) td.textContent = text;
+    if (td.className !== (className || "")) td.className = className || "";
+  }
+
+  // Rows are kept per run and updated in place: `ai.run` frames arrive several times a
+  // second while a run works, and a row built anew for each would replace its Cancel
+  // button under the pointer, losing a click that lands between press and release.
+  var rowsById = {};
+
   function runRow(run) {
-    var row = document.createElement("tr");
-    row.dataset.runId = run.id;
+    var row = rowsById[run.id];
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.runId = run.id;
+      row.setAttribute("data-testid", "run-row");
+      for (var c = 0; c < 9; c++) row.appendChild(document.createElement("td"));
+      var chip = document.createElement("span");
+      chip.setAttribute("data-testid", "run-status");
+      row.cells[0].appendChild(chip);
+      rowsById[run.id] = row;
+    }
     row.dataset.status = run.status;
-    row.setAttribute("data-testid", "run-row");
-    var status = cell(row, "");
-    var chip = document.createElement("span");
-    chip.className = "chip chip-" + run.status;
-    chip.textContent = run.status;
-    chip.setAttribute("data-testid", "run-status");
-    status.appendChild(chip);
-    cell(row, Live.label(run.phase) + (run.scope === "phase" ? " (this phase only)" : ""));
-    cell(row, String(run.phases_completed), "num");
-    cell(row, String(run.attempts), "num");
-    cell(row, run.input_tokens + " / " + run.output_tokens, "num");
-    cell(row, "$" + run.cost_usd, "num");
-    cell(row, run.provider ? run.provider + " " + run.model : "—");
-    cell(row, run.error || run.stop_reason || "", run.error ? "run-error" : "muted");
-    var actions = cell(row, "");
-    if (canRun && isActive(run)) {
-      var cancel = document.createElement("button");
+    var status = row.cells[0].firstChild;
+    fill(status, run.status, "chip chip-" + run.status);
+    fill(row.cells[1], Live.label(run.phase) + (run.scope === "phase" ? " (this phase only)" : ""));
+    fill(row.cells[2], String(run.phases_completed), "num");
+    fill(row.cells[3], String(run.attempts), "num");
+    fill(row.cells[4], run.input_tokens + " / " + run.output_tokens, "num");
+    fill(row.cells[5], "$" + run.cost_usd, "num");
+    fill(row.cells[6], run.provider ? run.provider + " " + run.model : "—");
+    fill(row.cells[7], run.error || run.stop_reason || "", run.error ? "run-error" : "muted");
+    var cancel = row.cells[8].querySelector('[data-action="cancel-run"]');
+    if (canRun && isActive(run) && !cancel) {
+      cancel = document.createElement("button");
       cancel.type = "button";
       cancel.className = "button small";
       cancel.dataset.action = "cancel-run";
       cancel.dataset.runId = run.id;
       cancel.textContent = "Cancel run";
-      actions.appendChild(cancel);
+      row.cells[8].appendChild(cancel);
+    } else if (cancel && !(canRun && isActive(run))) {
+      cancel.remove();
     }
     return row;
   }
 
   function renderRuns() {
     if (!runsLoaded) return;
-    runsBody.textContent = "";
+    var rows = runs.map(runRow);
+    var kept = {};
     runs.forEach(function (run) {
-      runsBody.appendChild(runRow(run));
+      kept[run.id] = rowsById[run.id];
+    });
+    rowsById = kept;
+    Array.prototype.slice.call(runsBody.children).forEach(function (child) {
+      if (rows.indexOf(child) < 0) child.remove();
+    });
+    rows.forEach(function (row, i) {
+      if (runsBody.children[i] !== row) runsBody.insertBefore(row, runsBody.children[i] || null);
     });
     if (!runs.length) {
       var empty = document.createElement("tr");
