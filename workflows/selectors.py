@@ -223,14 +223,19 @@ def socket_credential_valid(*, credential: SocketCredential) -> bool:
     return get_user_model()._default_manager.filter(pk=credential.user_id, is_active=True).exists()
 
 
-def workflow_socket_access(*, credential: SocketCredential, workflow_id: Any) -> SocketAccess:
-    """Whether a workflow's websocket may stay open (two queries at most)."""
+def workflow_socket_access(
+    *, credential: SocketCredential, workflow_id: Any
+) -> tuple[SocketAccess, int | None]:
+    """Whether a workflow's websocket may stay open and, if it may, the seq of the
+    workflow's last stored event (two queries at most)."""
     if not socket_credential_valid(credential=credential):
-        return SocketAccess.UNAUTHENTICATED
-    visible = Workflow.objects.filter(
-        pk=workflow_id, project__memberships__user_id=credential.user_id
-    ).exists()
-    return SocketAccess.OK if visible else SocketAccess.NOT_FOUND
+        return SocketAccess.UNAUTHENTICATED, None
+    last_seq = (
+        Workflow.objects.filter(pk=workflow_id, project__memberships__user_id=credential.user_id)
+        .values_list("last_event_seq", flat=True)
+        .first()
+    )
+    return (SocketAccess.NOT_FOUND, None) if last_seq is None else (SocketAccess.OK, last_seq)
 
 
 def dashboard_socket_projects(*, credential: SocketCredential) -> set[Any] | None:

@@ -151,6 +151,31 @@ async def test_heartbeat_recovers_a_dropped_last_event(project, user, token, set
     await ws.disconnect()
 
 
+async def test_heartbeat_of_an_up_to_date_socket_reads_no_events(project, user, token, settings):
+    from unittest import mock
+
+    from workflows import selectors
+
+    # given a socket that has every stored event
+    settings.TOPDOG_WS_HEARTBEAT_SECONDS = 0.2
+    workflow = await database_sync_to_async(workflow_for)(project, user)
+    await complete(workflow, user, "DISCOVERY")
+    ws = communicator(f"/ws/workflows/{workflow.id}/", token)
+    await ws.connect()
+    assert [f["seq"] for f in await _frames_until_replay_done(ws)] == [1, 2, 3]
+
+    # when two heartbeats go by
+    with mock.patch.object(
+        selectors, "workflow_event_frames", wraps=selectors.workflow_event_frames
+    ) as frames:
+        beats = [await ws.receive_json_from(timeout=5) for _ in range(2)]
+
+    # then they re-checked access but did not query the events: nothing was behind
+    assert beats == [{"type": "heartbeat", "last_seq": 3}] * 2
+    assert frames.call_count == 0
+    await ws.disconnect()
+
+
 @pytest.mark.parametrize("who", ["anonymous", "stranger", "bad-token"])
 async def test_strangers_and_anonymous_are_refused(project, user, stranger, who):
     workflow = await database_sync_to_async(workflow_for)(project, user)
