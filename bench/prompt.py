@@ -17,6 +17,7 @@ its time with 1,000 (issue 11: the history beyond the window must cost next to n
 """
 
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -211,6 +212,7 @@ def run(*, config: PromptConfig, workflow_ids: dict[tuple[str, int], str]) -> di
             "estimated_input_tokens": prompt.estimated_input_tokens,
             "prompt_chars": sum(len(m["content"]) for m in prompt.messages),
             "sql_statements": len(queries.captured_queries),
+            "db_ms_p50": _db_ms(case["workflow"]),
             "baseline": None if baseline == case["name"] else baseline,
         }
     targets = []
@@ -233,6 +235,31 @@ def run(*, config: PromptConfig, workflow_ids: dict[tuple[str, int], str]) -> di
             }
         )
     return {"config": asdict(config), "series": series, "targets": targets}
+
+
+def _db_ms(workflow: object, builds: int = 20) -> float:
+    """Median time per build spent in the database (execute and fetch), untimed builds
+    after the timed ones: tells a slow plan from slow Python when a ratio moves."""
+    from django.db import connection
+
+    from ai_orchestration.context import prompt_request_build
+
+    spent: list[int] = []
+
+    def timed(execute, sql, params, many, context):
+        started = time.perf_counter_ns()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            spent.append(time.perf_counter_ns() - started)
+
+    per_build = []
+    with connection.execute_wrapper(timed):
+        for _ in range(builds):
+            spent.clear()
+            prompt_request_build(workflow=workflow)
+            per_build.append(sum(spent))
+    return round(statistics.median(per_build) / 1e6, 3)
 
 
 def _window(tokens: int) -> str:
