@@ -6,6 +6,7 @@ server (ai_orchestration/mcp/); websocket routes join the router here.
 """
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -60,3 +61,12 @@ async def application(scope: dict, receive: Any, send: Any) -> None:
     """The router, once it has noted the server's event loop for workflow broadcasts."""
     broadcast_loop_set(asyncio.get_running_loop())
     await router(scope, receive, send)
+
+
+# What is loaded by now (Django, the apps, their libraries: about 212,000 objects) lives as
+# long as the process. Frozen, it is no longer walked by every full collection: one took
+# 129 ms with it and under 1 ms without. In a server that pause stalls every frame in
+# flight; it was the ~150 ms p99 tail of the websocket bench at 50 clients (p99 141-189
+# ms in three runs, 40-53 ms in two with the freeze).
+gc.collect()
+gc.freeze()
