@@ -212,7 +212,7 @@ def prompt_table(results: dict) -> str:
         line = (
             f"{name:<{name_width}} {s['n']:>5} {s['sql_statements']:>4} "
             f"{s['history_in_prompt']:>5} {s['estimated_input_tokens']:>7} "
-            f"{s.get('db_ms_p50', float('nan')):>6.2f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} |"
+            f"{s['db_ms_p50']:>6.2f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} |"
         )
         if s["baseline"]:
             b = series[s["baseline"]]

@@ -67,6 +67,6 @@ async def application(scope: dict, receive: Any, send: Any) -> None:
 # long as the process. Frozen, it is no longer walked by every full collection: one took
 # 129 ms with it and under 1 ms without. In a server that pause stalls every frame in
 # flight; it was the ~150 ms p99 tail of the websocket bench at 50 clients (p99 141-189
-# ms in three runs, 40-53 ms in two with the freeze).
+# ms in three runs, 34-53 ms in three with the freeze).
 gc.collect()
 gc.freeze()

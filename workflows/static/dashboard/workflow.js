@@ -289,9 +289,9 @@
     if (td.className !== (className || "")) td.className = className || "";
   }
 
-  // Rows are kept per run and updated in place: `ai.run` frames arrive several times a
-  // second while a run works, and a row built anew for each would replace its Cancel
-  // button under the pointer, losing a click that lands between press and release.
+  // Rows are kept per run and updated in place: a row built anew for every `ai.run`
+  // frame would replace its Cancel button under the pointer while a run works, losing a
+  // click that lands between two frames.
   var rowsById = {};
 
   function runRow(run) {
@@ -317,7 +317,8 @@
     fill(row.cells[6], run.provider ? run.provider + " " + run.model : "—");
     fill(row.cells[7], run.error || run.stop_reason || "", run.error ? "run-error" : "muted");
     var cancel = row.cells[8].querySelector('[data-action="cancel-run"]');
-    if (canRun && isActive(run) && !cancel) {
+    var cancellable = canRun && isActive(run);
+    if (cancellable && !cancel) {
       cancel = document.createElement("button");
       cancel.type = "button";
       cancel.className = "button small";
@@ -325,7 +326,7 @@
       cancel.dataset.runId = run.id;
       cancel.textContent = "Cancel run";
       row.cells[8].appendChild(cancel);
-    } else if (cancel && !(canRun && isActive(run))) {
+    } else if (cancel && !cancellable) {
       cancel.remove();
     }
     return row;
@@ -334,11 +335,10 @@
   function renderRuns() {
     if (!runsLoaded) return;
     var rows = runs.map(runRow);
-    var kept = {};
-    runs.forEach(function (run) {
-      kept[run.id] = rowsById[run.id];
+    rowsById = {}; // only the listed runs' rows are kept
+    rows.forEach(function (row) {
+      rowsById[row.dataset.runId] = row;
     });
-    rowsById = kept;
     Array.prototype.slice.call(runsBody.children).forEach(function (child) {
       if (rows.indexOf(child) < 0) child.remove();
     });
